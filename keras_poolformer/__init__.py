@@ -1,0 +1,50 @@
+"""keras_poolformer: PoolFormer (MetaFormer) for TensorFlow / Keras 3, exact to the original.
+
+>>> import keras_poolformer
+>>> model = keras_poolformer.PoolFormerS12(weights=None)
+>>> probs = model.predict(images)  # RGB pixels in 0..255, (batch, 224, 224, 3)
+>>> keras_poolformer.decode_predictions(probs, top=5)
+
+Reference: Yu et al., "MetaFormer is Actually What You Need for Vision", CVPR 2022.
+"""
+
+from keras_poolformer import layers, porting
+from keras_poolformer.analysis import count_macs
+from keras_poolformer.imagenet import (
+    decode_predictions,
+    eval_transform,
+    load_image,
+    preprocess_input,
+)
+from keras_poolformer.models import (
+    MODEL_CONFIGS,
+    VARIANTS,
+    PoolFormer,
+    PoolFormerM36,
+    PoolFormerM48,
+    PoolFormerS12,
+    PoolFormerS24,
+    PoolFormerS36,
+    feature_extractor,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MODEL_CONFIGS",
+    "VARIANTS",
+    "PoolFormer",
+    "PoolFormerM36",
+    "PoolFormerM48",
+    "PoolFormerS12",
+    "PoolFormerS24",
+    "PoolFormerS36",
+    "count_macs",
+    "decode_predictions",
+    "eval_transform",
+    "feature_extractor",
+    "layers",
+    "load_image",
+    "porting",
+    "preprocess_input",
+]

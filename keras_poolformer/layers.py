@@ -1,0 +1,295 @@
+"""The layers PoolFormer is made of, each small and serialisable.
+
+Every layer here works on channels-last tensors ``(batch, height, width, channels)``
+and matches its counterpart in the official PyTorch code (sail-sg/poolformer,
+``models/poolformer.py``) to float32 precision. Where a detail is parity-critical,
+the reason stands next to it.
+
+Reference: Yu et al., "MetaFormer is Actually What You Need for Vision", CVPR 2022.
+"""
+
+import keras
+from keras import ops
+
+PACKAGE = "keras_poolformer"
+
+# ImageNet statistics the official models were trained with (RGB, on pixels / 255).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ModifiedLayerNorm(keras.layers.GroupNormalization):
+    """The "Modified Layer Norm" (MLN) of PoolFormer: one-group GroupNorm.
+
+    Mean and variance are taken over height, width *and* channels of each sample;
+    the affine weight and bias are per channel. This is
+    ``torch.nn.GroupNorm(1, C)`` and NOT ``LayerNormalization``, which would
+    normalise over channels only, separately at every pixel.
+
+    The epsilon is PyTorch's GroupNorm default, 1e-5. Keras' GroupNormalization
+    default (1e-3) gives visibly different outputs on trained weights.
+
+    With a single group no reshape into groups is needed, so the statistics are
+    computed straight over axes (1, 2, 3), in float32 even under mixed precision.
+
+    Example:
+    >>> norm = ModifiedLayerNorm()
+    >>> norm(keras.ops.ones((2, 7, 7, 16))).shape
+    (2, 7, 7, 16)
+    """
+
+    def __init__(self, epsilon=1e-5, **kwargs):
+        groups = kwargs.pop("groups", 1)
+        axis = kwargs.pop("axis", -1)
+        if groups != 1 or axis not in (-1, 3):
+            raise ValueError(
+                "ModifiedLayerNorm is GroupNormalization with groups=1 over the last "
+                f"(channels) axis; got groups={groups}, axis={axis}."
+            )
+        super().__init__(groups=1, axis=-1, epsilon=epsilon, **kwargs)
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        mean, variance = ops.moments(x, axes=[1, 2, 3], keepdims=True)
+        x = (x - mean) * ops.rsqrt(variance + self.epsilon)
+        if self.scale:
+            x = x * ops.cast(self.gamma, "float32")
+        if self.center:
+            x = x + ops.cast(self.beta, "float32")
+        return ops.cast(x, self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Pooling(keras.layers.Layer):
+    """PoolFormer's token mixer: ``avg_pool(x) - x``.
+
+    Average pooling with stride 1 and "same" padding, where the padding is left
+    out of the average (PyTorch's ``count_include_pad=False``): TensorFlow's
+    ``avg_pool`` with SAME padding divides by the number of valid cells, which is
+    exactly that. The input is subtracted because the block adds its own
+    residual connection around the mixer.
+
+    Args:
+        pool_size: odd window size (3 in every PoolFormer variant). Even sizes
+            would pad asymmetrically and are refused.
+    """
+
+    def __init__(self, pool_size=3, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(pool_size, int) or pool_size < 1 or pool_size % 2 == 0:
+            raise ValueError(f"pool_size must be a positive odd integer, got {pool_size!r}.")
+        self.pool_size = pool_size
+
+    def call(self, inputs):
+        pooled = ops.average_pool(
+            inputs, self.pool_size, strides=1, padding="same", data_format="channels_last"
+        )
+        return pooled - inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": self.pool_size}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ConvMlp(keras.layers.Layer):
+    """The channel MLP of a MetaFormer block as two 1x1 convolutions.
+
+    ``fc1`` (dim -> hidden_dim), exact (erf) GELU as ``torch.nn.GELU()``, ``fc2``
+    (hidden_dim -> dim). The official code's dropout is 0 for every variant and is
+    left out.
+    """
+
+    def __init__(self, hidden_dim, out_dim, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_dim = int(hidden_dim)
+        self.out_dim = int(out_dim)
+        self.fc1 = keras.layers.Conv2D(self.hidden_dim, 1, name="fc1", dtype=self.dtype_policy)
+        self.fc2 = keras.layers.Conv2D(self.out_dim, 1, name="fc2", dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        self.fc1.build(input_shape)
+        self.fc2.build((*input_shape[:-1], self.hidden_dim))
+
+    def call(self, inputs):
+        x = self.fc1(inputs)
+        x = ops.gelu(x, approximate=False)
+        return self.fc2(x)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.out_dim)
+
+    def get_config(self):
+        return {**super().get_config(), "hidden_dim": self.hidden_dim, "out_dim": self.out_dim}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LayerScale(keras.layers.Layer):
+    """Multiplies each channel by a learned scale that starts at ``init_value``.
+
+    Small initial values (1e-5 for S12/S24, 1e-6 for the deeper variants) make
+    every residual branch start close to the identity (Touvron et al., CaiT).
+    The weight is a vector of shape ``(channels,)``, as in the official checkpoints.
+    """
+
+    def __init__(self, init_value=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.init_value = float(init_value)
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(
+            name="scale",
+            shape=(input_shape[-1],),
+            initializer=keras.initializers.Constant(self.init_value),
+        )
+
+    def call(self, inputs):
+        return inputs * ops.cast(self.scale, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "init_value": self.init_value}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class DropPath(keras.layers.Layer):
+    """Stochastic depth: drops a whole residual branch per sample while training.
+
+    A kept sample's branch is scaled by ``1 / (1 - rate)`` so that the expected
+    output is unchanged; at inference the layer is the identity.
+    (Huang et al., "Deep Networks with Stochastic Depth", 2016.)
+    """
+
+    def __init__(self, rate=0.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"DropPath rate must be in [0, 1), got {rate!r}.")
+        self.rate = float(rate)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed) if rate > 0 else None
+
+    def call(self, inputs, training=None):
+        if not training or self.rate == 0.0:
+            return inputs
+        keep = 1.0 - self.rate
+        shape = (ops.shape(inputs)[0],) + (1,) * (len(inputs.shape) - 1)
+        mask = ops.floor(keep + keras.random.uniform(shape, seed=self.seed_generator))
+        return inputs / ops.cast(keep, inputs.dtype) * ops.cast(mask, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PoolFormerBlock(keras.layers.Layer):
+    """One PoolFormer block (a MetaFormer block with pooling as token mixer).
+
+    ::
+
+        x = x + drop_path(layer_scale_1 * pooling(norm1(x)))
+        x = x + drop_path(layer_scale_2 * mlp(norm2(x)))
+
+    Args:
+        dim: channels in and out.
+        pool_size: token-mixer window (3).
+        mlp_ratio: hidden channels of the MLP are ``int(dim * mlp_ratio)`` (4).
+        layer_scale_init_value: start value of both LayerScale vectors.
+        drop_path_rate: stochastic-depth rate of this block (training only).
+    """
+
+    def __init__(
+        self,
+        dim,
+        pool_size=3,
+        mlp_ratio=4.0,
+        layer_scale_init_value=1e-5,
+        drop_path_rate=0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.dim = int(dim)
+        self.pool_size = pool_size
+        self.mlp_ratio = float(mlp_ratio)
+        self.layer_scale_init_value = float(layer_scale_init_value)
+        self.drop_path_rate = float(drop_path_rate)
+
+        policy = self.dtype_policy
+        self.norm1 = ModifiedLayerNorm(name="norm1", dtype=policy)
+        self.token_mixer = Pooling(pool_size, name="token_mixer", dtype=policy)
+        self.layer_scale_1 = LayerScale(layer_scale_init_value, name="layer_scale_1", dtype=policy)
+        self.norm2 = ModifiedLayerNorm(name="norm2", dtype=policy)
+        self.mlp = ConvMlp(int(self.dim * self.mlp_ratio), self.dim, name="mlp", dtype=policy)
+        self.layer_scale_2 = LayerScale(layer_scale_init_value, name="layer_scale_2", dtype=policy)
+        self.drop_path = DropPath(drop_path_rate, name="drop_path", dtype=policy)
+
+    def build(self, input_shape):
+        if input_shape[-1] != self.dim:
+            raise ValueError(
+                f"{self.name} expects {self.dim} channels, got input shape {input_shape}."
+            )
+        for layer in (
+            self.norm1,
+            self.token_mixer,
+            self.layer_scale_1,
+            self.norm2,
+            self.mlp,
+            self.layer_scale_2,
+        ):
+            layer.build(input_shape)
+
+    def call(self, inputs, training=None):
+        x = inputs
+        branch = self.layer_scale_1(self.token_mixer(self.norm1(x)))
+        x = x + self.drop_path(branch, training=training)
+        branch = self.layer_scale_2(self.mlp(self.norm2(x)))
+        return x + self.drop_path(branch, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "dim": self.dim,
+            "pool_size": self.pool_size,
+            "mlp_ratio": self.mlp_ratio,
+            "layer_scale_init_value": self.layer_scale_init_value,
+            "drop_path_rate": self.drop_path_rate,
+        }
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ImageNormalization(keras.layers.Layer):
+    """Maps RGB pixels in 0..255 to the inputs the network was trained on.
+
+    ``(x / 255 - mean) / std`` per channel, computed in that order as the
+    official (torchvision) transform does. It holds no weights, so it does not
+    change the parameter count.
+    """
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, **kwargs):
+        super().__init__(**kwargs)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean {self.mean} and std {self.std} differ in length.")
+
+    def call(self, inputs):
+        x = ops.cast(inputs, self.compute_dtype) / 255.0
+        mean = ops.convert_to_tensor(self.mean, dtype=self.compute_dtype)
+        std = ops.convert_to_tensor(self.std, dtype=self.compute_dtype)
+        return (x - mean) / std
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "std": self.std}

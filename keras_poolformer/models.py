@@ -1,0 +1,392 @@
+"""PoolFormer models (S12, S24, S36, M36, M48) in the style of Keras Applications.
+
+Reference:
+    Yu et al., "MetaFormer is Actually What You Need for Vision", CVPR 2022.
+    https://arxiv.org/abs/2111.11418 (official code: github.com/sail-sg/poolformer)
+
+The graph follows the official ``PoolFormer`` module exactly: a 7x7/stride-4 stem,
+four stages of PoolFormer blocks with 3x3/stride-2 downsampling convs between them,
+the final norm on the last feature map, THEN global average pooling and the linear
+classifier.
+"""
+
+import os
+
+import keras
+
+from keras_poolformer import porting, weights_file
+from keras_poolformer.layers import ImageNormalization, ModifiedLayerNorm, PoolFormerBlock
+
+# The five variants of the paper (Table 2). `drop_path_rate` and
+# `layer_scale_init_value` are the training recipe's; `crop_pct` is the evaluation
+# crop the released weights were measured with; `params`, `macs` and `top1` are the
+# paper's figures at 224x224.
+MODEL_CONFIGS = {
+    "s12": {
+        "depths": (2, 2, 6, 2),
+        "dims": (64, 128, 320, 512),
+        "layer_scale_init_value": 1e-5,
+        "drop_path_rate": 0.1,
+        "crop_pct": 0.9,
+        "params": 11_915_176,
+        "macs": 1.8e9,
+        "top1": 77.2,
+    },
+    "s24": {
+        "depths": (4, 4, 12, 4),
+        "dims": (64, 128, 320, 512),
+        "layer_scale_init_value": 1e-5,
+        "drop_path_rate": 0.1,
+        "crop_pct": 0.9,
+        "params": 21_388_968,
+        "macs": 3.4e9,
+        "top1": 80.3,
+    },
+    "s36": {
+        "depths": (6, 6, 18, 6),
+        "dims": (64, 128, 320, 512),
+        "layer_scale_init_value": 1e-6,
+        "drop_path_rate": 0.2,
+        "crop_pct": 0.9,
+        "params": 30_862_760,
+        "macs": 5.0e9,
+        "top1": 81.4,
+    },
+    "m36": {
+        "depths": (6, 6, 18, 6),
+        "dims": (96, 192, 384, 768),
+        "layer_scale_init_value": 1e-6,
+        "drop_path_rate": 0.3,
+        "crop_pct": 0.95,
+        "params": 56_172_520,
+        "macs": 8.8e9,
+        "top1": 82.1,
+    },
+    "m48": {
+        "depths": (8, 8, 24, 8),
+        "dims": (96, 192, 384, 768),
+        "layer_scale_init_value": 1e-6,
+        "drop_path_rate": 0.4,
+        "crop_pct": 0.95,
+        "params": 73_473_448,
+        "macs": 11.6e9,
+        "top1": 82.5,
+    },
+}
+
+DEFAULT_SIZE = 224
+# Below this the stride-32 trunk has nothing left to pool over.
+MIN_SIZE = 32
+POOLING_CHOICES = (None, "avg", "max")
+
+
+def _validate_input_shape(input_shape, include_top, include_preprocessing):
+    """Returns the (height, width, channels) to build with, or raises ValueError."""
+    if input_shape is None:
+        return (DEFAULT_SIZE, DEFAULT_SIZE, 3) if include_top else (None, None, 3)
+    shape = tuple(input_shape)
+    if len(shape) != 3:
+        raise ValueError(
+            f"input_shape must be (height, width, channels), channels last; got {input_shape!r}."
+        )
+    height, width, channels = shape
+    for what, size in (("height", height), ("width", width)):
+        if size is not None and (not isinstance(size, int) or size < MIN_SIZE):
+            raise ValueError(
+                f"input_shape {input_shape!r}: {what} must be at least {MIN_SIZE} pixels "
+                "(the network downsamples by 32)."
+            )
+    if not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"input_shape {input_shape!r}: channels must be a positive integer.")
+    if include_preprocessing and channels != 3:
+        raise ValueError(
+            f"input_shape {input_shape!r}: include_preprocessing=True normalises RGB images "
+            f"and needs 3 channels, got {channels}."
+        )
+    return shape
+
+
+def PoolFormer(
+    depths,
+    dims,
+    mlp_ratio=4.0,
+    pool_size=3,
+    layer_scale_init_value=1e-5,
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    include_preprocessing=True,
+    drop_path_rate=0.0,
+    name="poolformer",
+):
+    """Builds a PoolFormer of any size; the named variants call this.
+
+    Every argument is checked before anything is built; a bad one raises a
+    ``ValueError`` that names it.
+
+    Args:
+        depths: blocks per stage, four integers.
+        dims: channels per stage, four integers.
+        mlp_ratio: MLP hidden channels per input channel.
+        pool_size: token-mixer pooling window (odd).
+        layer_scale_init_value: start value of the LayerScale vectors.
+        include_top: whether to end with the classifier. Without it the model
+            ends with the final norm on the last feature map (stride 32), then
+            ``pooling``.
+        weights: ``None`` (random initialisation) or the path to a Keras
+            ``.weights.h5`` file saved from a model of the same architecture.
+            A file saved from a model with the classifier also loads into
+            ``include_top=False``, without the classifier.
+        input_tensor: optional Keras tensor to use as image input.
+        input_shape: ``(height, width, channels)``; sizes of at least 32 or
+            ``None``. Defaults to ``(224, 224, 3)`` with the top and
+            ``(None, None, 3)`` without it.
+        pooling: with ``include_top=False``: ``None`` (4D feature map), ``"avg"``
+            or ``"max"`` (global pooling to a vector).
+        classes: number of classes of the classifier.
+        classifier_activation: activation of the top layer (``"softmax"``,
+            ``None`` for logits, or any Keras activation); computed in float32.
+        include_preprocessing: if True the model takes RGB pixels in 0..255 and
+            normalises them with the ImageNet mean and std inside; if False it
+            takes already-normalised inputs.
+        drop_path_rate: stochastic-depth rate of the last block, growing
+            linearly from 0 at the first (training only).
+        name: model name.
+
+    Returns:
+        A ``keras.Model``.
+    """
+    # --- validate everything before building anything -------------------------
+    if len(depths) != 4 or len(dims) != 4:
+        raise ValueError(f"depths and dims need four stages each, got {depths!r} and {dims!r}.")
+    if any(int(d) != d or d < 1 for d in (*depths, *dims)):
+        raise ValueError(f"depths and dims must be positive integers, got {depths!r}, {dims!r}.")
+    if pooling not in POOLING_CHOICES:
+        raise ValueError(f"pooling must be one of {POOLING_CHOICES}, got {pooling!r}.")
+    if include_top and (not isinstance(classes, int) or classes < 1):
+        raise ValueError(f"classes must be a positive integer, got {classes!r}.")
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
+    if weights == "imagenet":
+        if include_top and classes != 1000:
+            raise ValueError(
+                f"weights='imagenet' with include_top=True needs classes=1000 (the ImageNet "
+                f"classifier), got classes={classes}. Use include_top=False for a new head."
+            )
+        raise ValueError(
+            "weights='imagenet' is not available in this version of keras_poolformer; "
+            "pass weights=None or the path to a Keras .weights.h5 file."
+        )
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(f"weights must be None or a file path, got {weights!r}.")
+    if input_tensor is not None and input_shape is None:
+        input_shape = tuple(input_tensor.shape[1:])
+    input_shape = _validate_input_shape(input_shape, include_top, include_preprocessing)
+    if weights is not None:
+        weights_file.check(
+            weights,
+            porting.official_shapes(
+                depths, dims, mlp_ratio, classes if include_top else None, input_shape[-1]
+            ),
+            model_name=name,
+        )
+
+    # --- layers and graph --------------------------------------------------------
+    if input_tensor is None:
+        inputs = keras.Input(shape=input_shape, name="images")
+    elif keras.backend.is_keras_tensor(input_tensor):
+        inputs = input_tensor
+    else:
+        inputs = keras.Input(tensor=input_tensor, shape=input_shape, name="images")
+
+    x = inputs
+    if include_preprocessing:
+        x = ImageNormalization(name="preprocessing")(x)
+    # Keras convs have no explicit padding; "same" pads asymmetrically at stride
+    # 4 and 2, so pad exactly as the official convs do and convolve "valid".
+    x = keras.layers.ZeroPadding2D(2, name="stem_pad")(x)
+    x = keras.layers.Conv2D(dims[0], 7, strides=4, name="stem")(x)
+
+    # Stochastic depth grows linearly over all blocks: block k of N gets rate * k / (N - 1).
+    total = sum(depths)
+    block_index = 0
+    for s, (depth, dim) in enumerate(zip(depths, dims, strict=True)):
+        if s > 0:
+            x = keras.layers.ZeroPadding2D(1, name=f"downsample{s}_pad")(x)
+            x = keras.layers.Conv2D(dim, 3, strides=2, name=f"downsample{s}")(x)
+        for j in range(depth):
+            rate = drop_path_rate * block_index / (total - 1) if total > 1 else 0.0
+            x = PoolFormerBlock(
+                dim,
+                pool_size=pool_size,
+                mlp_ratio=mlp_ratio,
+                layer_scale_init_value=layer_scale_init_value,
+                drop_path_rate=rate,
+                name=f"stage{s}_block{j}",
+            )(x)
+            block_index += 1
+
+    # The original normalises the 7x7 map and pools after (timm later moved this
+    # norm after the pooling; that is a different model).
+    x = ModifiedLayerNorm(name="norm")(x)
+    if include_top:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = keras.layers.Dense(classes, name="head")(x)
+        if classifier_activation is not None:
+            x = keras.layers.Activation(classifier_activation, dtype="float32", name="predictions")(
+                x
+            )
+    elif pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+
+    if input_tensor is not None:
+        sources = keras.utils.get_source_inputs(input_tensor)
+        inputs = sources[0] if len(sources) == 1 else sources
+    model = keras.Model(inputs, x, name=name)
+
+    if weights is not None:
+        weights_file.load(model, weights)
+    return model
+
+
+def stage_output_layers(model):
+    """The last block of each stage of ``model``, in order (strides 4, 8, 16, 32)."""
+    last = {}
+    for layer in model.layers:
+        m = porting._BLOCK_NAME.match(layer.name)
+        if m:
+            stage, block = int(m[1]), int(m[2])
+            if block >= last.get(stage, (-1, None))[0]:
+                last[stage] = (block, layer)
+    if sorted(last) != [0, 1, 2, 3]:
+        raise ValueError(f"Model '{model.name}' is not a PoolFormer built by this package.")
+    return [last[stage][1] for stage in range(4)]
+
+
+def feature_extractor(model, out_norms=False, name=None):
+    """A model giving the four stage outputs of a PoolFormer, for dense prediction.
+
+    The outputs are the feature maps after the last block of each stage, at
+    strides 4, 8, 16 and 32 of the input, with ``dims`` channels (for S12: 64,
+    128, 320, 512). They share their layers (and weights) with ``model``.
+
+    With ``out_norms=True`` each output passes through a new MLN, as in the
+    official detection and segmentation backbones (``fork_feat=True``, whose
+    checkpoints call them ``norm0``, ``norm2``, ``norm4``, ``norm6``); those norms
+    start as the identity (weight 1, bias 0) and are trained with the task, or
+    loaded from such a checkpoint with :func:`keras_poolformer.porting.load_state_dict`.
+
+    Args:
+        model: a PoolFormer built by this package, with or without top.
+        out_norms: add the per-output norms.
+        name: name of the new model (default: ``model.name + "_features"``).
+
+    Returns:
+        A ``keras.Model`` with the same input and a list of four outputs.
+
+    Example:
+    >>> backbone = keras_poolformer.PoolFormerS12(include_top=False, input_shape=(512, 512, 3))
+    >>> features = keras_poolformer.feature_extractor(backbone, out_norms=True)
+    >>> [tuple(t.shape) for t in features.outputs]
+    [(None, 128, 128, 64), (None, 64, 64, 128), (None, 32, 32, 320), (None, 16, 16, 512)]
+    """
+    outputs = [layer.output for layer in stage_output_layers(model)]
+    if out_norms:
+        outputs = [ModifiedLayerNorm(name=f"out_norm{s}")(x) for s, x in enumerate(outputs)]
+    return keras.Model(model.input, outputs, name=name or f"{model.name}_features")
+
+
+_DOCSTRING = """Instantiates the PoolFormer-{upper} model ({params:,} parameters, {macs} MACs).
+
+Reference: Yu et al., "MetaFormer is Actually What You Need for Vision" (CVPR 2022).
+Paper top-1 on ImageNet-1k at 224x224: {top1}%. Evaluation crop: {crop_pct}.
+
+With ``include_preprocessing=True`` (the default) the model takes RGB images with
+pixels in 0..255 and normalises them inside, so :func:`preprocess_input` is a
+pass-through.
+
+Args:
+    include_top: whether to include the final classifier (norm, average pool, dense).
+    weights: ``None`` (random initialisation) or the path to a ``.weights.h5`` file
+        of this variant.
+    input_tensor: optional Keras tensor to use as image input.
+    input_shape: ``(height, width, 3)``, each size at least 32 or ``None``.
+    pooling: with ``include_top=False``: ``None``, ``"avg"`` or ``"max"``.
+    classes: number of classes.
+    classifier_activation: activation of the top layer; ``None`` returns logits.
+    include_preprocessing: normalise 0..255 RGB inputs inside the model.
+    drop_path_rate: stochastic depth for training (the paper used {drop_path}).
+    name: model name.
+
+Returns:
+    A ``keras.Model``.
+
+Example:
+>>> model = keras_poolformer.PoolFormer{upper}(weights=None)
+>>> model.count_params()
+{params}
+"""
+
+
+def _variant(key):
+    config = MODEL_CONFIGS[key]
+
+    def constructor(
+        include_top=True,
+        weights=None,
+        input_tensor=None,
+        input_shape=None,
+        pooling=None,
+        classes=1000,
+        classifier_activation="softmax",
+        include_preprocessing=True,
+        drop_path_rate=0.0,
+        name=f"poolformer_{key}",
+    ):
+        return PoolFormer(
+            depths=config["depths"],
+            dims=config["dims"],
+            layer_scale_init_value=config["layer_scale_init_value"],
+            include_top=include_top,
+            weights=weights,
+            input_tensor=input_tensor,
+            input_shape=input_shape,
+            pooling=pooling,
+            classes=classes,
+            classifier_activation=classifier_activation,
+            include_preprocessing=include_preprocessing,
+            drop_path_rate=drop_path_rate,
+            name=name,
+        )
+
+    constructor.__name__ = constructor.__qualname__ = f"PoolFormer{key.upper()}"
+    constructor.__doc__ = _DOCSTRING.format(
+        upper=key.upper(),
+        params=config["params"],
+        macs=f"{config['macs'] / 1e9:.1f}G",
+        top1=config["top1"],
+        crop_pct=config["crop_pct"],
+        drop_path=config["drop_path_rate"],
+    )
+    return constructor
+
+
+PoolFormerS12 = _variant("s12")
+PoolFormerS24 = _variant("s24")
+PoolFormerS36 = _variant("s36")
+PoolFormerM36 = _variant("m36")
+PoolFormerM48 = _variant("m48")
+
+VARIANTS = {
+    "s12": PoolFormerS12,
+    "s24": PoolFormerS24,
+    "s36": PoolFormerS36,
+    "m36": PoolFormerM36,
+    "m48": PoolFormerM48,
+}

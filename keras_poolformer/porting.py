@@ -1,0 +1,248 @@
+"""Moving weights between Keras PoolFormers and the official PyTorch layout.
+
+The official layout is the state dict of sail-sg/poolformer (``models/poolformer.py``),
+a flat mapping of key -> array::
+
+    patch_embed.proj.{weight,bias}                 stem conv, OIHW
+    network.{2s}.{j}.norm1.{weight,bias}           stage s (0..3), block j
+    network.{2s}.{j}.norm2.{weight,bias}
+    network.{2s}.{j}.mlp.fc1.{weight,bias}         1x1 conv, OIHW
+    network.{2s}.{j}.mlp.fc2.{weight,bias}
+    network.{2s}.{j}.layer_scale_1                 (C,)
+    network.{2s}.{j}.layer_scale_2
+    network.{2s-1}.proj.{weight,bias}              downsampling into stage s (1..3)
+    norm.{weight,bias}                             final norm
+    head.{weight,bias}                             linear, (classes, C)
+    norm{2s}.{weight,bias}                         dense-prediction backbones only:
+                                                   a norm on each stage output
+
+These are pure functions on numpy arrays: reading files and renaming other layouts
+(timm, transformers) into this one belong to the converter, which builds on them.
+"""
+
+import dataclasses
+import re
+
+import numpy as np
+
+# Parts of the official layout that only a classifier has: a model built with
+# include_top=False (or a feature extractor) skips them instead of refusing them.
+CLASSIFIER_ONLY = ("norm.", "head.")
+
+
+def official_shapes(
+    depths,
+    dims,
+    mlp_ratio=4.0,
+    classes=1000,
+    in_channels=3,
+    final_norm=True,
+    out_norms=False,
+):
+    """Key -> shape of every tensor of an official-layout PoolFormer state dict.
+
+    This is the one description of the checkpoint layout; the porting checks, the
+    weight-file checks and the parameter counts all read it.
+
+    Args:
+        depths, dims, mlp_ratio, in_channels: the architecture.
+        classes: rows of the classifier; ``None`` for a model without one.
+        final_norm: whether the norm on the last feature map is there (it is in
+            classifiers and in models built with ``include_top=False``, not in
+            feature extractors).
+        out_norms: whether the per-stage output norms of the official
+            detection/segmentation backbones are there.
+
+    Returns:
+        An insertion-ordered ``dict`` of ``str -> tuple``.
+    """
+    shapes = {
+        "patch_embed.proj.weight": (dims[0], in_channels, 7, 7),
+        "patch_embed.proj.bias": (dims[0],),
+    }
+    for s, (depth, dim) in enumerate(zip(depths, dims, strict=True)):
+        if s > 0:
+            shapes[f"network.{2 * s - 1}.proj.weight"] = (dim, dims[s - 1], 3, 3)
+            shapes[f"network.{2 * s - 1}.proj.bias"] = (dim,)
+        hidden = int(dim * mlp_ratio)
+        for j in range(depth):
+            p = f"network.{2 * s}.{j}."
+            # PyTorch lists a module's own parameters before its children's.
+            shapes.update(
+                {
+                    p + "layer_scale_1": (dim,),
+                    p + "layer_scale_2": (dim,),
+                    p + "norm1.weight": (dim,),
+                    p + "norm1.bias": (dim,),
+                    p + "norm2.weight": (dim,),
+                    p + "norm2.bias": (dim,),
+                    p + "mlp.fc1.weight": (hidden, dim, 1, 1),
+                    p + "mlp.fc1.bias": (hidden,),
+                    p + "mlp.fc2.weight": (dim, hidden, 1, 1),
+                    p + "mlp.fc2.bias": (dim,),
+                }
+            )
+    if out_norms:
+        for s, dim in enumerate(dims):
+            shapes[f"norm{2 * s}.weight"] = (dim,)
+            shapes[f"norm{2 * s}.bias"] = (dim,)
+    if final_norm:
+        shapes["norm.weight"] = (dims[-1],)
+        shapes["norm.bias"] = (dims[-1],)
+    if classes is not None:
+        shapes["head.weight"] = (classes, dims[-1])
+        shapes["head.bias"] = (classes,)
+    return shapes
+
+
+def count_parameters(shapes):
+    """Total number of values in a ``key -> shape`` mapping."""
+    return sum(int(np.prod(shape)) for shape in shapes.values())
+
+
+# How a tensor's official (PyTorch) layout becomes Keras' layout, and back.
+def _conv_to_keras(w):  # OIHW -> HWIO
+    return np.transpose(w, (2, 3, 1, 0))
+
+
+def _conv_to_torch(w):  # HWIO -> OIHW
+    return np.transpose(w, (3, 2, 0, 1))
+
+
+def _identity(w):
+    return w
+
+
+_TO_KERAS = {"conv": _conv_to_keras, "linear": np.transpose, "vector": _identity}
+_TO_TORCH = {"conv": _conv_to_torch, "linear": np.transpose, "vector": _identity}
+
+_BLOCK_NAME = re.compile(r"stage(\d+)_block(\d+)$")
+_DOWNSAMPLE_NAME = re.compile(r"downsample(\d+)$")
+_OUT_NORM_NAME = re.compile(r"out_norm(\d+)$")
+
+
+def keras_targets(model):
+    """Official key -> ``(keras variable, kind)`` for every weight of ``model``.
+
+    ``kind`` is ``"conv"`` (OIHW <-> HWIO), ``"linear"`` (transposed) or
+    ``"vector"`` (as is). Layers are found by the deterministic names the builder
+    gives them, so this is a table, not a search. Works for classifiers, models
+    built with ``include_top=False`` and feature extractors.
+    """
+    targets = {}
+
+    def conv(key, layer):
+        targets[key + ".weight"] = (layer.kernel, "conv")
+        targets[key + ".bias"] = (layer.bias, "vector")
+
+    def norm(key, layer):
+        targets[key + ".weight"] = (layer.gamma, "vector")
+        targets[key + ".bias"] = (layer.beta, "vector")
+
+    out_norms = {}
+    for layer in model.layers:
+        name = layer.name
+        if name == "stem":
+            conv("patch_embed.proj", layer)
+        elif m := _DOWNSAMPLE_NAME.match(name):
+            conv(f"network.{2 * int(m[1]) - 1}.proj", layer)
+        elif m := _BLOCK_NAME.match(name):
+            p = f"network.{2 * int(m[1])}.{int(m[2])}."
+            targets[p + "layer_scale_1"] = (layer.layer_scale_1.scale, "vector")
+            targets[p + "layer_scale_2"] = (layer.layer_scale_2.scale, "vector")
+            norm(p + "norm1", layer.norm1)
+            norm(p + "norm2", layer.norm2)
+            conv(p + "mlp.fc1", layer.mlp.fc1)
+            conv(p + "mlp.fc2", layer.mlp.fc2)
+        elif name == "norm":
+            norm("norm", layer)
+        elif name == "head":
+            targets["head.weight"] = (layer.kernel, "linear")
+            targets["head.bias"] = (layer.bias, "vector")
+        elif m := _OUT_NORM_NAME.match(name):
+            out_norms[int(m[1])] = layer
+    # The dense-prediction norms come after the whole network, as in the official module.
+    for stage, layer in sorted(out_norms.items()):
+        norm(f"norm{2 * stage}", layer)
+    return targets
+
+
+@dataclasses.dataclass(frozen=True)
+class PortReport:
+    """What :func:`load_state_dict` did: the keys it loaded and those it skipped."""
+
+    loaded: tuple
+    skipped: tuple
+
+
+def load_state_dict(model, state_dict):
+    """Loads an official-layout state dict into a Keras PoolFormer.
+
+    Every tensor of the model must be in ``state_dict`` with the right shape, and
+    every tensor of ``state_dict`` must be used, except the final norm and the
+    classifier when the model has none (``include_top=False``, feature
+    extractors): those are skipped and reported. Conv kernels are transposed from
+    OIHW to HWIO, the classifier from (out, in) to (in, out).
+
+    All checks run before any weight is written: on any mismatch the model is left
+    as it was and one ``ValueError`` lists every missing, unexpected and
+    mis-shaped tensor.
+
+    Args:
+        model: a model built by this package (any variant, with or without top).
+        state_dict: mapping of official key -> array-like (numpy, or anything
+            ``np.asarray`` accepts).
+
+    Returns:
+        A :class:`PortReport`.
+
+    Example:
+    >>> model = keras_poolformer.PoolFormerS12(weights=None)
+    >>> sd = keras_poolformer.porting.export_state_dict(model)
+    >>> report = keras_poolformer.porting.load_state_dict(model, sd)
+    >>> len(report.loaded)
+    132
+    """
+    targets = keras_targets(model)
+    arrays = {key: np.asarray(value) for key, value in state_dict.items()}
+
+    missing = [key for key in targets if key not in arrays]
+    unexpected, skipped, misshaped = [], [], []
+    for key, array in arrays.items():
+        if key not in targets:
+            (skipped if key.startswith(CLASSIFIER_ONLY) else unexpected).append(key)
+            continue
+        variable, kind = targets[key]
+        expected = _TO_TORCH[kind](np.empty(variable.shape, dtype=np.uint8)).shape
+        if array.shape != expected:
+            misshaped.append(f"{key}: checkpoint {array.shape}, model {expected}")
+        elif not np.issubdtype(array.dtype, np.floating):
+            misshaped.append(f"{key}: dtype {array.dtype} is not floating point")
+
+    if missing or unexpected or misshaped:
+        lines = [f"The state dict does not fit model '{model.name}':"]
+        for title, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape or dtype", misshaped),
+        ):
+            if items:
+                lines.append(f"  {len(items)} {title}:")
+                lines.extend(f"    {item}" for item in items)
+        raise ValueError("\n".join(lines))
+
+    for key, (variable, kind) in targets.items():
+        variable.assign(_TO_KERAS[kind](arrays[key]).astype(variable.dtype))
+    return PortReport(loaded=tuple(targets), skipped=tuple(skipped))
+
+
+def export_state_dict(model):
+    """The weights of a Keras PoolFormer as an official-layout state dict.
+
+    The inverse of :func:`load_state_dict`: key -> float32 numpy array in PyTorch's
+    layout (OIHW convs, (out, in) classifier).
+    """
+    return {
+        key: np.ascontiguousarray(_TO_TORCH[kind](np.asarray(variable.numpy())))
+        for key, (variable, kind) in keras_targets(model).items()
+    }

@@ -1,0 +1,119 @@
+"""Checking and loading Keras ``.weights.h5`` files for PoolFormer models.
+
+Keras 3 stores a model's weights in HDF5 under paths derived from layer classes
+(``layers/conv2d_1/vars/0``, ``layers/pool_former_block_3/mlp/fc1/vars/0``...).
+Before a model is built, :func:`check` reads only the tensor shapes of the file
+and compares them with the shapes the requested architecture needs, so that a
+file of another variant is refused at once, with the variant it does fit named.
+"""
+
+import collections
+import os
+
+import numpy as np
+
+from keras_poolformer import porting
+
+SUFFIX = ".weights.h5"
+# Keras names the classifier's variables after its class: Dense -> "dense".
+_HEAD_PREFIX = "layers/dense/"
+
+
+def _keras_shape(shape):
+    """The Keras shape of an official (PyTorch) tensor shape."""
+    if len(shape) == 4:  # conv: OIHW -> HWIO
+        return (shape[2], shape[3], shape[1], shape[0])
+    if len(shape) == 2:  # linear: (out, in) -> (in, out)
+        return (shape[1], shape[0])
+    return tuple(shape)
+
+
+def read_shapes(path):
+    """``{dataset path: shape}`` of the floating-point tensors in a ``.weights.h5``."""
+    import h5py
+
+    shapes = {}
+    try:
+        with h5py.File(path, "r") as f:
+
+            def visit(name, obj):
+                if isinstance(obj, h5py.Dataset) and np.issubdtype(obj.dtype, np.floating):
+                    shapes[name] = tuple(obj.shape)
+
+            f.visititems(visit)
+    except OSError as error:
+        raise ValueError(f"weights file '{path}' is not a readable HDF5 file: {error}") from None
+    return shapes
+
+
+def _describe(counter):
+    params = sum(int(np.prod(shape)) * n for shape, n in counter.items())
+    return f"{sum(counter.values())} tensors, {params:,} parameters"
+
+
+def _matching_variant(body):
+    """The named variant (``"S24"``...) whose trunk has exactly these tensor shapes."""
+    from keras_poolformer.models import MODEL_CONFIGS
+
+    for key, config in MODEL_CONFIGS.items():
+        shapes = porting.official_shapes(config["depths"], config["dims"], classes=None)
+        if collections.Counter(_keras_shape(s) for s in shapes.values()) == body:
+            return key.upper()
+    return None
+
+
+def check(path, official_shapes, model_name):
+    """Raises ``ValueError`` unless ``path`` holds weights for this architecture.
+
+    Args:
+        path: the ``.weights.h5`` file.
+        official_shapes: :func:`keras_poolformer.porting.official_shapes` of the
+            model about to be built; with ``include_top=False`` a file that also
+            holds a classifier is accepted (the classifier is not loaded).
+        model_name: named in the error.
+    """
+    path = os.fspath(path)
+    if not path.endswith(SUFFIX):
+        raise ValueError(
+            f"weights must be None or a Keras '{SUFFIX}' file; got '{path}'. "
+            "(PyTorch checkpoints are read by the converter, not here.)"
+        )
+    if not os.path.isfile(path):
+        raise ValueError(f"weights file '{path}' does not exist.")
+
+    in_file = read_shapes(path)
+    head = collections.Counter(s for p, s in in_file.items() if p.startswith(_HEAD_PREFIX))
+    body = collections.Counter(s for p, s in in_file.items() if not p.startswith(_HEAD_PREFIX))
+
+    has_top = "head.weight" in official_shapes
+    expected = {k: _keras_shape(s) for k, s in official_shapes.items()}
+    want_head = collections.Counter(s for k, s in expected.items() if k.startswith("head."))
+    want_body = collections.Counter(s for k, s in expected.items() if not k.startswith("head."))
+
+    if body != want_body:
+        variant = _matching_variant(body)
+        fits = f"it fits PoolFormer-{variant}" if variant else "it fits no PoolFormer variant"
+        raise ValueError(
+            f"weights file '{path}' does not fit model '{model_name}': the file holds "
+            f"{_describe(body)} outside the classifier, the model needs {_describe(want_body)}; "
+            f"{fits}."
+        )
+    if has_top and head != want_head:
+        if not head:
+            raise ValueError(
+                f"weights file '{path}' has no classifier but model '{model_name}' has one "
+                "(include_top=True); build with include_top=False or use a file with a top."
+            )
+        file_classes = next(s[0] for s in head if len(s) == 1)
+        model_classes = official_shapes["head.bias"][0]
+        raise ValueError(
+            f"weights file '{path}' has a classifier for {file_classes} classes, model "
+            f"'{model_name}' one for {model_classes}; pass classes={file_classes}, or "
+            "include_top=False to load everything but the classifier."
+        )
+
+
+def load(model, path):
+    """Loads a checked ``.weights.h5`` into ``model`` (a classifier's head is left
+    out when ``model`` has none)."""
+    model.load_weights(os.fspath(path))

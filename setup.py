@@ -1,0 +1,44 @@
+"""keras_poolformer: PoolFormer (MetaFormer) for TensorFlow / Keras 3."""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(
+    r'^__version__ = "([^"]+)"', (HERE / "keras_poolformer" / "__init__.py").read_text(), re.M
+)[1]
+
+TEST_REQUIRES = ["pytest>=7", "torch>=2.1,<2.14", "transformers>=4.30", "ruff>=0.5"]
+
+setup(
+    name="keras-poolformer",
+    version=VERSION,
+    description="PoolFormer (MetaFormer is Actually What You Need for Vision) in Keras 3, "
+    "exact to the original PyTorch model.",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["keras_poolformer", "keras_poolformer.*"]),
+    package_data={"keras_poolformer": ["data/*.tsv"]},
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3.0",
+        "numpy",
+        "h5py",
+    ],
+    extras_require={
+        # The PyTorch reference for parity tests, and the linter. torch stays on the
+        # 2.13 line: an open range would pull a CUDA build of several GB.
+        "test": TEST_REQUIRES,
+        "dev": TEST_REQUIRES,
+    },
+    entry_points={"console_scripts": ["keras-poolformer=keras_poolformer.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Framework :: Keras",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,157 @@
+"""Each layer against a plain numpy statement of what the official code computes."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from keras_poolformer import layers
+
+RNG = np.random.default_rng(0)
+
+
+def randn(*shape):
+    return RNG.normal(size=shape).astype(np.float32)
+
+
+def roundtrip(layer):
+    """Serialises and deserialises a layer the way a .keras file does."""
+    return keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+
+
+def numpy_mln(x, gamma, beta, eps=1e-5):
+    mean = x.mean(axis=(1, 2, 3), keepdims=True)
+    var = x.var(axis=(1, 2, 3), keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * gamma + beta
+
+
+def numpy_pooling(x, k):
+    """avg_pool(k, stride 1, pad k//2, count_include_pad=False)(x) - x."""
+    n, h, w, c = x.shape
+    r = k // 2
+    out = np.empty_like(x)
+    for i in range(h):
+        for j in range(w):
+            window = x[:, max(i - r, 0) : i + r + 1, max(j - r, 0) : j + r + 1, :]
+            out[:, i, j, :] = window.mean(axis=(1, 2))
+    return out - x
+
+
+def numpy_gelu(x):
+    return 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+
+
+def test_mln_normalises_over_height_width_and_channels():
+    x = randn(2, 5, 6, 4) * 3 + 1
+    norm = layers.ModifiedLayerNorm()
+    norm.build(x.shape)
+    gamma, beta = randn(4), randn(4)
+    norm.gamma.assign(gamma)
+    norm.beta.assign(beta)
+    np.testing.assert_allclose(norm(x).numpy(), numpy_mln(x, gamma, beta), atol=1e-5)
+    assert norm.epsilon == 1e-5
+
+
+def test_mln_is_not_layer_normalization():
+    x = randn(2, 5, 6, 4) * 3 + 1
+    mln = layers.ModifiedLayerNorm()(x).numpy()
+    ln = keras.layers.LayerNormalization(epsilon=1e-5)(x).numpy()
+    assert np.abs(mln - ln).max() > 0.1
+
+
+def test_mln_refuses_more_groups():
+    with pytest.raises(ValueError, match="groups=1"):
+        layers.ModifiedLayerNorm(groups=2)
+
+
+def test_pooling_leaves_padding_out_of_the_average():
+    x = randn(2, 5, 7, 3)
+    for k in (3, 5):
+        out = layers.Pooling(k)(x).numpy()
+        np.testing.assert_allclose(out, numpy_pooling(x, k), atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [2, 0, -3, 3.0])
+def test_pooling_refuses_bad_sizes(bad):
+    with pytest.raises(ValueError, match="pool_size"):
+        layers.Pooling(bad)
+
+
+def test_conv_mlp_uses_exact_gelu():
+    x = randn(2, 4, 4, 6)
+    mlp = layers.ConvMlp(12, 6)
+    y = mlp(x).numpy()
+    w1, b1 = mlp.fc1.kernel.numpy()[0, 0], mlp.fc1.bias.numpy()
+    w2, b2 = mlp.fc2.kernel.numpy()[0, 0], mlp.fc2.bias.numpy()
+    expected = numpy_gelu(x @ w1 + b1) @ w2 + b2
+    np.testing.assert_allclose(y, expected, atol=1e-5)
+    tanh_gelu = keras.ops.gelu(x @ w1 + b1, approximate=True).numpy() @ w2 + b2
+    assert np.abs(tanh_gelu - y).max() > 1e-5  # the approximation would be caught
+
+
+def test_layer_scale_starts_at_init_value():
+    scale = layers.LayerScale(1e-6)
+    x = randn(2, 3, 3, 5)
+    np.testing.assert_allclose(scale(x).numpy(), x * 1e-6, rtol=1e-6)
+    assert scale.scale.shape == (5,)
+
+
+def test_drop_path_is_identity_at_inference_and_drops_whole_samples_in_training():
+    x = np.ones((2000, 2, 2, 3), np.float32)
+    drop = layers.DropPath(0.25, seed=1)
+    np.testing.assert_array_equal(drop(x, training=False).numpy(), x)
+    y = drop(x, training=True).numpy()
+    per_sample = y.reshape(len(y), -1)
+    assert set(np.unique(per_sample)) <= {0.0, np.float32(1 / 0.75)}
+    assert np.all(per_sample.min(axis=1) == per_sample.max(axis=1))  # whole samples
+    assert abs((per_sample[:, 0] == 0).mean() - 0.25) < 0.04
+    np.testing.assert_array_equal(layers.DropPath(0.0)(x, training=True).numpy(), x)
+
+
+def test_block_matches_its_definition():
+    x = randn(2, 6, 5, 8)
+    block = layers.PoolFormerBlock(8, layer_scale_init_value=0.5)
+    y = block(x).numpy()
+    g1, b1 = block.norm1.gamma.numpy(), block.norm1.beta.numpy()
+    g2, b2 = block.norm2.gamma.numpy(), block.norm2.beta.numpy()
+    h = x + 0.5 * numpy_pooling(numpy_mln(x, g1, b1), 3)
+    mlp = block.mlp(numpy_mln(h, g2, b2)).numpy()
+    np.testing.assert_allclose(y, h + 0.5 * mlp, atol=1e-5)
+
+
+def test_block_refuses_wrong_channels():
+    with pytest.raises(ValueError, match="expects 8 channels"):
+        layers.PoolFormerBlock(8)(randn(1, 4, 4, 6))
+
+
+def test_image_normalization_matches_torchvision_order():
+    x = RNG.uniform(0, 255, (2, 3, 3, 3)).astype(np.float32)
+    expected = (x / 255 - np.float32(layers.IMAGENET_MEAN)) / np.float32(layers.IMAGENET_STD)
+    normalization = layers.ImageNormalization()
+    np.testing.assert_allclose(normalization(x).numpy(), expected, atol=1e-6)
+    assert normalization.count_params() == 0
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: layers.ModifiedLayerNorm(name="n"),
+        lambda: layers.Pooling(5),
+        lambda: layers.ConvMlp(16, 8),
+        lambda: layers.LayerScale(1e-6),
+        lambda: layers.DropPath(0.1, seed=3),
+        lambda: layers.PoolFormerBlock(8, pool_size=5, mlp_ratio=2, drop_path_rate=0.1),
+        lambda: layers.ImageNormalization(),
+    ],
+)
+def test_layers_serialise(make):
+    layer = make()
+    x = randn(2, 5, 5, 8 if not isinstance(layer, layers.ImageNormalization) else 3)
+    layer(x)
+    clone = roundtrip(layer)
+    assert type(clone) is type(layer)
+    assert clone.get_config() == layer.get_config()
+    clone(x)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(clone(x).numpy(), layer(x).numpy(), atol=1e-6)
