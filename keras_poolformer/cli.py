@@ -104,6 +104,10 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    import tensorflow as tf
+
+    # Each model traces its own predict function once; TF's retracing notice is noise here.
+    tf.get_logger().setLevel("ERROR")
     try:
         return args.run(args)
     except ValueError as error:

@@ -169,6 +169,13 @@ def PoolFormer(
         raise ValueError(f"pooling must be one of {POOLING_CHOICES}, got {pooling!r}.")
     if include_top and (not isinstance(classes, int) or classes < 1):
         raise ValueError(f"classes must be a positive integer, got {classes!r}.")
+    if include_top and classifier_activation is not None:
+        try:
+            keras.activations.get(classifier_activation)
+        except ValueError:
+            raise ValueError(
+                f"classifier_activation {classifier_activation!r} is not a Keras activation."
+            ) from None
     if not 0.0 <= drop_path_rate < 1.0:
         raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
     if weights == "imagenet":

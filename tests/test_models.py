@@ -129,6 +129,18 @@ def test_drop_path_grows_linearly_and_acts_only_in_training():
     assert not np.allclose(model(x, training=True).numpy(), model(x).numpy())
 
 
+def test_trains_with_stochastic_depth_in_graph_mode():
+    model = tiny(classes=5, drop_path_rate=0.2)
+    model.compile(keras.optimizers.AdamW(1e-3), "sparse_categorical_crossentropy")
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    history = model.fit(images(16), np.arange(16) % 5, batch_size=8, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert all(
+        not np.array_equal(old, new.numpy())
+        for old, new in zip(before, model.trainable_weights, strict=True)
+    )
+
+
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision(policy):
     keras.config.set_dtype_policy(policy)
@@ -189,6 +201,7 @@ def nothing_heavy(monkeypatch):
         ({"weights": "model.pth"}, ".weights.h5"),
         ({"classes": 0}, "classes must be a positive integer"),
         ({"drop_path_rate": 1.0}, "drop_path_rate"),
+        ({"classifier_activation": "softmaxx"}, "'softmaxx' is not a Keras activation"),
     ],
 )
 def test_bad_arguments_are_named_before_building(nothing_heavy, kwargs, message):
