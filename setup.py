@@ -21,7 +21,13 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["keras_poolformer", "keras_poolformer.*"]),
+    # The repository's convert/ folder installs as keras_poolformer.convert, so that no
+    # generic top-level name lands in site-packages.
+    packages=[
+        *find_packages(include=["keras_poolformer", "keras_poolformer.*"]),
+        "keras_poolformer.convert",
+    ],
+    package_dir={"keras_poolformer.convert": "convert"},
     package_data={"keras_poolformer": ["data/*.tsv"]},
     install_requires=[
         "tensorflow>=2.16",

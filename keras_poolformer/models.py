@@ -14,7 +14,7 @@ import os
 
 import keras
 
-from keras_poolformer import porting, weights_file
+from keras_poolformer import porting, pretrained, weights_file
 from keras_poolformer.layers import ImageNormalization, ModifiedLayerNorm, PoolFormerBlock
 
 # The five variants of the paper (Table 2). `drop_path_rate` and
@@ -137,10 +137,14 @@ def PoolFormer(
         include_top: whether to end with the classifier. Without it the model
             ends with the final norm on the last feature map (stride 32), then
             ``pooling``.
-        weights: ``None`` (random initialisation) or the path to a Keras
-            ``.weights.h5`` file saved from a model of the same architecture.
-            A file saved from a model with the classifier also loads into
-            ``include_top=False``, without the classifier.
+        weights: ``"imagenet"`` (the official ImageNet-1k weights of the named
+            variants, downloaded and converted on first use, then cached),
+            ``None`` (random initialisation), the path to a Keras ``.weights.h5``
+            file, or the path to a PyTorch checkpoint (``.pth``, ``.pth.tar``,
+            ``.bin``, ``.safetensors``, ``.npz`` or a Hugging Face model folder) in
+            the official, timm or transformers layout. Every file is checked
+            against the architecture before the model is built. With
+            ``include_top=False`` everything but the classifier is loaded.
         input_tensor: optional Keras tensor to use as image input.
         input_shape: ``(height, width, channels)``; sizes of at least 32 or
             ``None``. Defaults to ``(224, 224, 3)`` with the top and
@@ -178,29 +182,37 @@ def PoolFormer(
             ) from None
     if not 0.0 <= drop_path_rate < 1.0:
         raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(f"weights must be 'imagenet', None or a file path, got {weights!r}.")
     if weights == "imagenet":
         if include_top and classes != 1000:
             raise ValueError(
                 f"weights='imagenet' with include_top=True needs classes=1000 (the ImageNet "
                 f"classifier), got classes={classes}. Use include_top=False for a new head."
             )
-        raise ValueError(
-            "weights='imagenet' is not available in this version of keras_poolformer; "
-            "pass weights=None or the path to a Keras .weights.h5 file."
-        )
-    if weights is not None and not isinstance(weights, (str, os.PathLike)):
-        raise ValueError(f"weights must be None or a file path, got {weights!r}.")
+        variant = _named_variant(depths, dims, mlp_ratio, pool_size)
+        if variant is None:
+            raise ValueError(
+                "ImageNet weights exist only for the named variants "
+                f"({', '.join(k.upper() for k in MODEL_CONFIGS)}); this architecture is none."
+            )
     if input_tensor is not None and input_shape is None:
         input_shape = tuple(input_tensor.shape[1:])
     input_shape = _validate_input_shape(input_shape, include_top, include_preprocessing)
+    if weights == "imagenet" and input_shape[-1] != 3:
+        raise ValueError(f"ImageNet weights take RGB images; input_shape {input_shape} is not.")
+
+    state = None  # an official-layout state dict, when weights is a PyTorch checkpoint
     if weights is not None:
-        weights_file.check(
-            weights,
-            porting.official_shapes(
-                depths, dims, mlp_ratio, classes if include_top else None, input_shape[-1]
-            ),
-            model_name=name,
+        expected = porting.official_shapes(
+            depths, dims, mlp_ratio, classes if include_top else None, input_shape[-1]
         )
+        if weights == "imagenet":
+            weights = pretrained.imagenet_weights(variant)  # verified .weights.h5
+        if os.fspath(weights).endswith(weights_file.SUFFIX):
+            weights_file.check(weights, expected, model_name=name)
+        else:
+            state = _read_checkpoint(weights, expected, name)
 
     # --- layers and graph --------------------------------------------------------
     if input_tensor is None:
@@ -257,9 +269,37 @@ def PoolFormer(
         inputs = sources[0] if len(sources) == 1 else sources
     model = keras.Model(inputs, x, name=name)
 
-    if weights is not None:
+    if state is not None:
+        porting.load_state_dict(model, state)
+    elif weights is not None:
         weights_file.load(model, weights)
     return model
+
+
+def _named_variant(depths, dims, mlp_ratio, pool_size):
+    """The key of the named variant with this architecture, or ``None``."""
+    for key, config in MODEL_CONFIGS.items():
+        if (
+            tuple(config["depths"]) == tuple(depths)
+            and tuple(config["dims"]) == tuple(dims)
+            and mlp_ratio == 4
+            and pool_size == 3
+        ):
+            return key
+    return None
+
+
+def _read_checkpoint(path, expected, name):
+    """Reads a PyTorch / safetensors / npz checkpoint and checks it fits, before building."""
+    from keras_poolformer.convert import describe, infer_architecture, load_official
+
+    state, layout = load_official(path)
+    try:
+        hint = f"The checkpoint ({layout} layout) holds {describe(infer_architecture(state))}."
+    except ValueError:
+        hint = f"The checkpoint is in the {layout} layout."
+    porting.check_state_dict(state, expected, f"model '{name}'", hint)
+    return state
 
 
 def stage_output_layers(model):
@@ -320,8 +360,9 @@ pass-through.
 
 Args:
     include_top: whether to include the final classifier (norm, average pool, dense).
-    weights: ``None`` (random initialisation) or the path to a ``.weights.h5`` file
-        of this variant.
+    weights: ``"imagenet"`` (the official weights, downloaded and converted on first
+        use, then cached), ``None`` (random initialisation), or the path to a
+        ``.weights.h5`` file or a PyTorch checkpoint of this variant.
     input_tensor: optional Keras tensor to use as image input.
     input_shape: ``(height, width, 3)``, each size at least 32 or ``None``.
     pooling: with ``include_top=False``: ``None``, ``"avg"`` or ``"max"``.
@@ -335,9 +376,9 @@ Returns:
     A ``keras.Model``.
 
 Example:
->>> model = keras_poolformer.PoolFormer{upper}(weights=None)
->>> model.count_params()
-{params}
+>>> model = keras_poolformer.PoolFormer{upper}(weights="imagenet")
+>>> probs = model.predict(keras_poolformer.load_image("cat.jpg", crop_pct={crop_pct})[None])
+>>> keras_poolformer.decode_predictions(probs)
 """
 
 
@@ -346,7 +387,7 @@ def _variant(key):
 
     def constructor(
         include_top=True,
-        weights=None,
+        weights="imagenet",
         input_tensor=None,
         input_shape=None,
         pooling=None,

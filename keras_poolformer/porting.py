@@ -116,6 +116,12 @@ def _identity(w):
 _TO_KERAS = {"conv": _conv_to_keras, "linear": np.transpose, "vector": _identity}
 _TO_TORCH = {"conv": _conv_to_torch, "linear": np.transpose, "vector": _identity}
 
+
+def _torch_shape(keras_shape, kind):
+    """The official shape of a Keras variable of this kind."""
+    return _TO_TORCH[kind](np.empty(keras_shape, dtype=np.bool_)).shape
+
+
 _BLOCK_NAME = re.compile(r"stage(\d+)_block(\d+)$")
 _DOWNSAMPLE_NAME = re.compile(r"downsample(\d+)$")
 _OUT_NORM_NAME = re.compile(r"out_norm(\d+)$")
@@ -175,6 +181,47 @@ class PortReport:
     skipped: tuple
 
 
+def check_state_dict(state_dict, expected, target, hint=""):
+    """Checks a state dict against the ``{key: official shape}`` a model needs.
+
+    Keys of the classifier and final norm that ``expected`` lacks are skipped (a
+    model without a top), any other extra key is unexpected. Raises one
+    ``ValueError`` listing every missing, unexpected and mis-shaped tensor.
+
+    Args:
+        state_dict: official key -> numpy array.
+        expected: official key -> shape, e.g. from :func:`official_shapes`.
+        target: what the weights are for, named in the error (``"model 'x'"``).
+        hint: a sentence appended to the error.
+
+    Returns:
+        The skipped keys, as a tuple.
+    """
+    missing = [key for key in expected if key not in state_dict]
+    unexpected, skipped, misshaped = [], [], []
+    for key, array in state_dict.items():
+        if key not in expected:
+            (skipped if key.startswith(CLASSIFIER_ONLY) else unexpected).append(key)
+        elif tuple(array.shape) != tuple(expected[key]):
+            misshaped.append(f"{key}: checkpoint {tuple(array.shape)}, model {expected[key]}")
+        elif not np.issubdtype(array.dtype, np.floating):
+            misshaped.append(f"{key}: dtype {array.dtype} is not floating point")
+    if missing or unexpected or misshaped:
+        lines = [f"The state dict does not fit {target}:"]
+        for title, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape or dtype", misshaped),
+        ):
+            if items:
+                lines.append(f"  {len(items)} {title}:")
+                lines.extend(f"    {item}" for item in items)
+        if hint:
+            lines.append(hint)
+        raise ValueError("\n".join(lines))
+    return tuple(skipped)
+
+
 def load_state_dict(model, state_dict):
     """Loads an official-layout state dict into a Keras PoolFormer.
 
@@ -205,35 +252,11 @@ def load_state_dict(model, state_dict):
     """
     targets = keras_targets(model)
     arrays = {key: np.asarray(value) for key, value in state_dict.items()}
-
-    missing = [key for key in targets if key not in arrays]
-    unexpected, skipped, misshaped = [], [], []
-    for key, array in arrays.items():
-        if key not in targets:
-            (skipped if key.startswith(CLASSIFIER_ONLY) else unexpected).append(key)
-            continue
-        variable, kind = targets[key]
-        expected = _TO_TORCH[kind](np.empty(variable.shape, dtype=np.uint8)).shape
-        if array.shape != expected:
-            misshaped.append(f"{key}: checkpoint {array.shape}, model {expected}")
-        elif not np.issubdtype(array.dtype, np.floating):
-            misshaped.append(f"{key}: dtype {array.dtype} is not floating point")
-
-    if missing or unexpected or misshaped:
-        lines = [f"The state dict does not fit model '{model.name}':"]
-        for title, items in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("wrong shape or dtype", misshaped),
-        ):
-            if items:
-                lines.append(f"  {len(items)} {title}:")
-                lines.extend(f"    {item}" for item in items)
-        raise ValueError("\n".join(lines))
-
+    expected = {key: _torch_shape(var.shape, kind) for key, (var, kind) in targets.items()}
+    skipped = check_state_dict(arrays, expected, f"model '{model.name}'")
     for key, (variable, kind) in targets.items():
         variable.assign(_TO_KERAS[kind](arrays[key]).astype(variable.dtype))
-    return PortReport(loaded=tuple(targets), skipped=tuple(skipped))
+    return PortReport(loaded=tuple(targets), skipped=skipped)
 
 
 def export_state_dict(model):

@@ -4,9 +4,14 @@ PyTorch reference (cached per variant), and a clean dtype policy for every test.
 import csv
 import functools
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Tests never touch the user's Keras cache, and a download nobody meant to make fails
+# at once on this machine (port 9 on loopback refuses) instead of leaving it.
+os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="keras_poolformer_tests_")
+os.environ["KERAS_POOLFORMER_MIRROR"] = "http://127.0.0.1:9/"
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -23,7 +23,7 @@ def test_summary_prints_counts_beside_the_paper(capsys):
 
 def test_predict_prints_top5_for_each_image(tmp_path, capsys, requires_shared_data):
     weights = tmp_path / "s12.weights.h5"
-    kp.PoolFormerS12().save_weights(weights)
+    kp.PoolFormerS12(weights=None).save_weights(weights)
     paths = [str(path) for path, _ in imagenet_val_files(2)]
     assert cli.main(["predict", *paths, "--model", "s12", "--weights", str(weights)]) == 0
     lines = capsys.readouterr().out.splitlines()

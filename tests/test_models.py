@@ -31,7 +31,7 @@ def images(n=2, size=64, seed=0):
 @pytest.mark.parametrize("variant", list(PAPER))
 def test_parameters_and_macs_match_the_paper(variant):
     params, macs, tensors = PAPER[variant]
-    model = kp.VARIANTS[variant]()
+    model = kp.VARIANTS[variant](weights=None)
     assert model.count_params() == params
     assert len(model.weights) == tensors
     measured = kp.count_macs(model)
@@ -42,7 +42,7 @@ def test_parameters_and_macs_match_the_paper(variant):
 
 
 def test_variant_constructors_follow_keras_applications():
-    model = kp.PoolFormerS12()
+    model = kp.PoolFormerS12(weights=None)
     assert model.name == "poolformer_s12"
     assert model.input_shape == (None, 224, 224, 3)
     assert model.output_shape == (None, 1000)
@@ -50,7 +50,7 @@ def test_variant_constructors_follow_keras_applications():
     assert "11,915,176" in kp.PoolFormerS12.__doc__
     assert "1e-06" not in str(model.get_layer("stage0_block0").layer_scale_init_value)
     assert model.get_layer("stage0_block0").layer_scale_init_value == 1e-5
-    assert kp.PoolFormerM48().get_layer("stage0_block0").layer_scale_init_value == 1e-6
+    assert kp.PoolFormerM48(weights=None).get_layer("stage0_block0").layer_scale_init_value == 1e-6
 
 
 def test_softmax_outputs_probabilities():
@@ -69,7 +69,7 @@ def test_config_round_trip():
 
 
 def test_keras_file_round_trip(tmp_path):
-    model = kp.PoolFormerS12(input_shape=(96, 96, 3))
+    model = kp.PoolFormerS12(weights=None, input_shape=(96, 96, 3))
     path = tmp_path / "s12.keras"
     model.save(path)
     restored = keras.saving.load_model(path)
@@ -144,7 +144,7 @@ def test_trains_with_stochastic_depth_in_graph_mode():
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision(policy):
     keras.config.set_dtype_policy(policy)
-    for model in (tiny(), kp.PoolFormerS12(input_shape=(64, 64, 3))):
+    for model in (tiny(), kp.PoolFormerS12(weights=None, input_shape=(64, 64, 3))):
         probs = model(images())
         assert probs.dtype == "float32"
         assert np.all(np.isfinite(probs.numpy()))
@@ -155,7 +155,7 @@ def test_mixed_precision(policy):
 
 
 def test_feature_extractor_gives_four_strides(tmp_path):
-    backbone = kp.PoolFormerS12(include_top=False, input_shape=(128, 96, 3))
+    backbone = kp.PoolFormerS12(weights=None, include_top=False, input_shape=(128, 96, 3))
     features = kp.feature_extractor(backbone)
     shapes = [tuple(t.shape) for t in features.outputs]
     assert shapes == [(None, 32, 24, 64), (None, 16, 12, 128), (None, 8, 6, 320), (None, 4, 3, 512)]
@@ -198,7 +198,8 @@ def nothing_heavy(monkeypatch):
         ({"input_shape": (224, 224)}, "input_shape must be"),
         ({"input_shape": (64, 64, 1)}, "needs 3 channels"),
         ({"weights": "no/such/file.weights.h5"}, "does not exist"),
-        ({"weights": "model.pth"}, ".weights.h5"),
+        ({"weights": "model.pth"}, "checkpoint 'model.pth' does not exist"),
+        ({"weights": 3}, "weights must be"),
         ({"classes": 0}, "classes must be a positive integer"),
         ({"drop_path_rate": 1.0}, "drop_path_rate"),
         ({"classifier_activation": "softmaxx"}, "'softmaxx' is not a Keras activation"),
@@ -206,11 +207,16 @@ def nothing_heavy(monkeypatch):
 )
 def test_bad_arguments_are_named_before_building(nothing_heavy, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        kp.PoolFormerS12(**kwargs)
+        kp.PoolFormerS12(**{"weights": None, **kwargs})
+
+
+def test_imagenet_weights_exist_only_for_named_variants(nothing_heavy):
+    with pytest.raises(ValueError, match="only for the named variants"):
+        kp.PoolFormer(**TINY, weights="imagenet")
 
 
 def test_weights_file_round_trip_and_headless_load(tmp_path):
-    model = kp.PoolFormerS12(input_shape=(64, 64, 3))
+    model = kp.PoolFormerS12(weights=None, input_shape=(64, 64, 3))
     path = tmp_path / "s12.weights.h5"
     model.save_weights(path)
     loaded = kp.PoolFormerS12(weights=str(path), input_shape=(64, 64, 3))
@@ -230,7 +236,7 @@ def test_weights_file_round_trip_and_headless_load(tmp_path):
 
 def test_weights_file_of_another_variant_is_named(tmp_path, monkeypatch):
     path = tmp_path / "s24.weights.h5"
-    kp.PoolFormerS24(input_shape=(64, 64, 3)).save_weights(path)
+    kp.PoolFormerS24(weights=None, input_shape=(64, 64, 3)).save_weights(path)
     tiny_path = tmp_path / "tiny.weights.h5"
     tiny().save_weights(tiny_path)
     monkeypatch.setattr("keras_poolformer.models.PoolFormerBlock", None)  # nothing is built

@@ -25,7 +25,9 @@ VARIANTS = [
 
 def ported(variant, size, **kwargs):
     torch_model, state = reference(variant)
-    model = kp.VARIANTS[variant](classifier_activation=None, input_shape=(*size, 3), **kwargs)
+    model = kp.VARIANTS[variant](
+        weights=None, classifier_activation=None, input_shape=(*size, 3), **kwargs
+    )
     report = kp.porting.load_state_dict(model, state)
     # Every tensor is used exactly once; a headless model skips the classifier alone.
     assert sorted(report.loaded + report.skipped) == sorted(state)

@@ -1,0 +1,184 @@
+"""``weights="imagenet"``: the official checkpoints, downloaded, converted, verified, cached.
+
+The only ImageNet weights that exist are the authors' PyTorch release files. The
+first ``weights="imagenet"`` of a variant downloads its file, converts it with the
+torch-free reader (no pickled code runs), and caches the Keras weights under the
+Keras cache folder (``$KERAS_HOME``, else ``~/.keras``)::
+
+    <cache>/models/keras_poolformer/poolformer_s12.pth.tar       the download
+    <cache>/models/keras_poolformer/poolformer_s12.weights.h5    the converted weights
+    <cache>/models/keras_poolformer/poolformer_s12.json          their sha256 record
+
+Later loads read the cache with no network and no reconversion, after checking the
+converted file against its recorded sha256. A download is checked against a pinned
+sha256 where one is known (``SHA256``; the authors published none); every file is
+written under a temporary name and renamed only when complete.
+
+``KERAS_POOLFORMER_MIRROR`` (an ``http(s)://`` or ``file://`` base URL) replaces
+the release location, for mirrors and air-gapped sites.
+"""
+
+import http.client
+import json
+import os
+import shutil
+import sys
+import urllib.error
+import urllib.request
+
+from keras_poolformer import files
+
+RELEASE_URL = "https://github.com/sail-sg/poolformer/releases/download/v1.0/"
+MIRROR_ENV = "KERAS_POOLFORMER_MIRROR"
+FILENAMES = {key: f"poolformer_{key}.pth.tar" for key in ("s12", "s24", "s36", "m36", "m48")}
+# sha256 of the release files, where known. Nobody has published them; a user who
+# has verified a file can pin it here. Unpinned downloads are recorded on first use.
+SHA256 = {}
+
+
+class WeightsUnavailableError(OSError):
+    """The pretrained weights are neither cached nor downloadable right now."""
+
+
+def cache_dir():
+    """The folder where ImageNet weights are kept."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return os.path.join(home, "models", "keras_poolformer")
+
+
+def source_url(variant):
+    base = os.environ.get(MIRROR_ENV) or RELEASE_URL
+    return base.rstrip("/") + "/" + FILENAMES[variant]
+
+
+def _download(url, path):
+    """Downloads ``url`` to ``path`` atomically, with a progress bar, refusing short reads."""
+    import keras
+
+    print(f"Downloading {url}", file=sys.stderr)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, files.atomic_path(path) as tmp:
+            total = response.headers.get("Content-Length")
+            total = int(total) if total else None
+            bar = keras.utils.Progbar(total, unit_name="byte") if total else None
+            received = 0
+            with open(tmp, "wb") as out:
+                while block := response.read(1 << 20):
+                    out.write(block)
+                    received += len(block)
+                    if bar:
+                        bar.update(received)
+            if total is not None and received != total:
+                raise WeightsUnavailableError(
+                    f"download of {url} stopped after {received:,} of {total:,} bytes"
+                )
+    except WeightsUnavailableError:
+        raise
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
+        # URLError: no network or a bad URL; IncompleteRead: the connection dropped.
+        raise WeightsUnavailableError(f"could not download {url}: {error!r}") from None
+
+
+def _record_path(variant):
+    return os.path.join(cache_dir(), f"poolformer_{variant}.json")
+
+
+def _converted_path(variant):
+    return os.path.join(cache_dir(), f"poolformer_{variant}.weights.h5")
+
+
+def _verified_cache(variant):
+    """The cached converted weights if present and intact, else ``None``.
+
+    A converted file whose sha256 differs from its record is removed (with its
+    record) and reported: it never loads.
+    """
+    converted, record_path = _converted_path(variant), _record_path(variant)
+    if not os.path.isfile(converted):
+        return None
+    try:
+        with open(record_path, encoding="utf-8") as f:
+            recorded = json.load(f)["converted_sha256"]
+    except (OSError, ValueError, KeyError):
+        recorded = None  # converted without a record: not trusted, converted again
+    actual = files.sha256(converted)
+    if recorded == actual:
+        return converted
+    for path in (converted, record_path):
+        if os.path.exists(path):
+            os.remove(path)
+    if recorded is None:
+        return None
+    raise ValueError(
+        f"the cached ImageNet weights '{converted}' are corrupted: sha256 {actual}, "
+        f"recorded {recorded}. The file has been removed; the next load converts again."
+    )
+
+
+def _fetch_source(variant):
+    """The verified release checkpoint in the cache, downloading it if needed."""
+    source = os.path.join(cache_dir(), FILENAMES[variant])
+    url = source_url(variant)
+    if not os.path.isfile(source):
+        try:
+            _download(url, source)
+        except WeightsUnavailableError as error:
+            raise WeightsUnavailableError(
+                f"{error}\nThe ImageNet weights of PoolFormer-{variant.upper()} are not "
+                f"cached. Download {RELEASE_URL}{FILENAMES[variant]} yourself and put it "
+                f"at {source}, or set {MIRROR_ENV} to a base URL (http(s):// or file://) "
+                f"that serves {FILENAMES[variant]}."
+            ) from None
+    digest = files.sha256(source)
+    pinned = SHA256.get(variant)
+    if pinned and digest != pinned:
+        os.remove(source)
+        raise ValueError(
+            f"'{source}' (from {url}) has sha256 {digest}, not the pinned {pinned}; it "
+            "has been removed."
+        )
+    return source, digest, url
+
+
+def imagenet_weights(variant):
+    """Path of the verified Keras ImageNet weights of ``variant`` ("s12"...),
+    downloading and converting them on first use.
+
+    Raises:
+        WeightsUnavailableError: not cached and the download failed; the message
+            says what to download and where to put it.
+        ValueError: a download or cache file failed its sha256 check, or the
+            downloaded checkpoint does not convert.
+    """
+    if variant not in FILENAMES:
+        raise ValueError(f"no ImageNet weights for '{variant}'; there are {sorted(FILENAMES)}.")
+    cached = _verified_cache(variant)
+    if cached:
+        return cached
+
+    source, source_digest, url = _fetch_source(variant)
+    from keras_poolformer.convert import convert_checkpoint
+
+    converted = _converted_path(variant)
+    try:
+        convert_checkpoint(source, converted, variant=variant)
+    except ValueError as error:
+        os.remove(source)  # a damaged download must not be converted again
+        raise ValueError(
+            f"the downloaded '{source}' (from {url}) is not a valid PoolFormer-"
+            f"{variant.upper()} checkpoint and has been removed:\n{error}"
+        ) from None
+    record = {
+        "variant": variant,
+        "source_url": url,
+        "source_sha256": source_digest,
+        "converted_sha256": files.sha256(converted),
+    }
+    with files.atomic_path(_record_path(variant)) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2)
+    return converted
+
+
+def clear_cache():
+    """Removes every cached download and converted file."""
+    shutil.rmtree(cache_dir(), ignore_errors=True)
