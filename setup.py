@@ -34,6 +34,8 @@ setup(
         "keras>=3.0",
         "numpy",
         "h5py",
+        "ml_dtypes",  # bfloat16 tensors in checkpoints (TensorFlow brings it too)
+        "safetensors>=0.4",  # timm / Hugging Face checkpoints, read through numpy
     ],
     extras_require={
         # The PyTorch reference for parity tests, and the linter. torch stays on the

@@ -60,6 +60,7 @@ def build_for(state, variant=None):
         )
     dense_prediction = "norm0.weight" in state and arch["classes"] is None
     kwargs = {
+        "weights": None,
         "include_top": arch["classes"] is not None,
         "classes": arch["classes"] or 1000,
         "input_shape": None if dense_prediction else (224, 224, 3),

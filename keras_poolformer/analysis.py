@@ -23,7 +23,7 @@ def count_macs(model, image_size=None):
         An ``int``.
 
     Example:
-    >>> count_macs(keras_poolformer.PoolFormerS12())  # about 1.8e9
+    >>> count_macs(keras_poolformer.PoolFormerS12(weights=None))  # about 1.8e9
     1812267008
     """
     import tensorflow as tf

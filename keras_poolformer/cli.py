@@ -76,6 +76,44 @@ def predict(args):
     return 0
 
 
+def convert(args):
+    """Converts a PyTorch checkpoint to Keras, optionally verifying it."""
+    import numpy as np
+
+    import keras_poolformer as kp
+    from keras_poolformer.convert import convert_checkpoint, describe, load_official
+
+    model, info = convert_checkpoint(args.checkpoint, args.output, variant=args.model)
+    arch = info["architecture"]
+    tensors = len(info["report"].loaded)
+    print(
+        f"{args.checkpoint}: {info['layout']} layout, {describe(arch)}, {tensors} tensors "
+        f"-> {args.output} ({model.count_params():,} parameters)"
+    )
+    if not args.verify:
+        return 0
+
+    from keras_poolformer.convert.verify import TOLERANCE, compare
+
+    crop_pct = kp.MODEL_CONFIGS.get(arch["variant"] or "", {}).get("crop_pct", 0.9)
+    if args.images:
+        images = np.stack([kp.load_image(path, crop_pct=crop_pct) for path in args.images])
+        source = f"{len(images)} image(s)"
+    else:
+        images = np.random.default_rng(0).uniform(0, 255, (4, 224, 224, 3)).astype("float32")
+        source = "4 random-noise images (pass --images for real ones)"
+    state, _ = load_official(args.checkpoint)
+    result = compare(model, state, images)
+    print(f"verified against transformers' PoolFormer on {source}:")
+    print(f"  max |logit difference|: {result['max_abs_diff']:.3g} (tolerance {TOLERANCE:g})")
+    print(f"  top-1 agreement: {result['top1_agreement']:.0%}")
+    print(f"  top-5 agreement (same classes, same order): {result['top5_agreement']:.0%}")
+    if result["max_abs_diff"] > TOLERANCE:
+        print("keras-poolformer: error: the converted model does not match", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser():
     from keras_poolformer.models import MODEL_CONFIGS
 
@@ -96,9 +134,28 @@ def build_parser():
     p = commands.add_parser("predict", help="top-5 ImageNet classes of images")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--model", choices=variants, default="s12")
-    p.add_argument("--weights", required=True, help="a Keras .weights.h5 file of that variant")
+    p.add_argument(
+        "--weights",
+        default="imagenet",
+        help="'imagenet' (default), a .weights.h5 file or a PyTorch checkpoint of that variant",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(run=predict)
+
+    p = commands.add_parser(
+        "convert",
+        help="convert a PyTorch checkpoint (official, timm or transformers layout) to Keras",
+    )
+    p.add_argument("checkpoint", help=".pth/.pth.tar/.bin/.safetensors/.npz or a HF model folder")
+    p.add_argument("--output", required=True, help="a .weights.h5 or .keras file")
+    p.add_argument("--model", choices=variants, help="expected variant (inferred otherwise)")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="compare with transformers' PyTorch PoolFormer (needs the [test] extra)",
+    )
+    p.add_argument("--images", nargs="+", metavar="IMAGE", help="images for --verify")
+    p.set_defaults(run=convert)
     return parser
 
 
@@ -110,7 +167,7 @@ def main(argv=None):
     tf.get_logger().setLevel("ERROR")
     try:
         return args.run(args)
-    except ValueError as error:
+    except (ValueError, OSError, RuntimeError) as error:
         print(f"keras-poolformer: error: {error}", file=sys.stderr)
         return 2
 

@@ -51,23 +51,42 @@ def source_url(variant):
     return base.rstrip("/") + "/" + FILENAMES[variant]
 
 
-def _download(url, path):
-    """Downloads ``url`` to ``path`` atomically, with a progress bar, refusing short reads."""
-    import keras
+class _Progress:
+    """Download progress on stderr (stdout stays clean for the results): a live bar
+    on a terminal, a plain line every quarter in a log."""
 
+    def __init__(self, total):
+        self.total, self.live, self.shown = total, sys.stderr.isatty(), 0
+
+    def update(self, received):
+        if not self.total:
+            return
+        fraction = received / self.total
+        text = f"{received / 1e6:8.1f} / {self.total / 1e6:.1f} MB ({fraction:4.0%})"
+        if self.live:
+            bar = "#" * int(30 * fraction)
+            print(f"\r  [{bar:<30}] {text}", end="", file=sys.stderr, flush=True)
+            if received >= self.total:
+                print(file=sys.stderr)
+        elif fraction >= self.shown / 4:
+            print(f"  {text}", file=sys.stderr, flush=True)
+            self.shown = int(fraction * 4) + 1
+
+
+def _download(url, path):
+    """Downloads ``url`` to ``path`` atomically, with progress, refusing short reads."""
     print(f"Downloading {url}", file=sys.stderr)
     try:
         with urllib.request.urlopen(url, timeout=60) as response, files.atomic_path(path) as tmp:
             total = response.headers.get("Content-Length")
             total = int(total) if total else None
-            bar = keras.utils.Progbar(total, unit_name="byte") if total else None
+            progress = _Progress(total)
             received = 0
             with open(tmp, "wb") as out:
                 while block := response.read(1 << 20):
                     out.write(block)
                     received += len(block)
-                    if bar:
-                        bar.update(received)
+                    progress.update(received)
             if total is not None and received != total:
                 raise WeightsUnavailableError(
                     f"download of {url} stopped after {received:,} of {total:,} bytes"
