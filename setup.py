@@ -10,7 +10,13 @@ VERSION = re.search(
     r'^__version__ = "([^"]+)"', (HERE / "keras_poolformer" / "__init__.py").read_text(), re.M
 )[1]
 
-TEST_REQUIRES = ["pytest>=7", "torch>=2.1,<2.14", "transformers>=4.30", "ruff>=0.5"]
+TEST_REQUIRES = [
+    "pytest>=7",
+    "torch>=2.1,<2.14",
+    "transformers>=4.30",
+    "ruff>=0.5",
+    "matplotlib",  # the training curve in the README
+]
 
 setup(
     name="keras-poolformer",
@@ -21,13 +27,14 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    # The repository's convert/ folder installs as keras_poolformer.convert, so that no
-    # generic top-level name lands in site-packages.
+    # The repository's convert/ and training/ folders install as keras_poolformer.convert
+    # and keras_poolformer.training, so that no generic top-level name lands in site-packages.
     packages=[
         *find_packages(include=["keras_poolformer", "keras_poolformer.*"]),
         "keras_poolformer.convert",
+        "keras_poolformer.training",
     ],
-    package_dir={"keras_poolformer.convert": "convert"},
+    package_dir={"keras_poolformer.convert": "convert", "keras_poolformer.training": "training"},
     package_data={"keras_poolformer": ["data/*.tsv"]},
     install_requires=[
         "tensorflow>=2.16",
@@ -36,6 +43,8 @@ setup(
         "h5py",
         "ml_dtypes",  # bfloat16 tensors in checkpoints (TensorFlow brings it too)
         "safetensors>=0.4",  # timm / Hugging Face checkpoints, read through numpy
+        "tensorflow-datasets",  # --data tfds:NAME
+        "tensorboard",  # training logs
     ],
     extras_require={
         # The PyTorch reference for parity tests, and the linter. torch stays on the

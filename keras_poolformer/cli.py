@@ -5,6 +5,7 @@ keras-poolformer predict IMAGE ... --model s12 --weights FILE.weights.h5
 """
 
 import argparse
+import os
 import sys
 import time
 
@@ -60,19 +61,38 @@ def summary(args):
 
 
 def predict(args):
-    """Prints the top-5 ImageNet classes of each image."""
+    """Prints the top-5 classes of each image: ImageNet, or a training run's classes."""
     import numpy as np
 
     import keras_poolformer as kp
 
-    crop_pct = kp.MODEL_CONFIGS[args.model]["crop_pct"]
-    model = kp.VARIANTS[args.model](weights=args.weights)
-    images = np.stack([kp.load_image(path, crop_pct=crop_pct) for path in args.images])
-    probs = model.predict(images, batch_size=args.batch_size, verbose=0)
-    for path, top in zip(args.images, kp.decode_predictions(probs, top=5), strict=True):
+    if args.run:
+        from keras_poolformer.training import trainer
+
+        config, class_names, model, _ = trainer.load_run(args.run)
+        images = np.stack(
+            [kp.load_image(p, config.image_size, config.crop_pct) for p in args.images]
+        )
+        logits = model.predict(images, batch_size=args.batch_size, verbose=0)
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        tops = [
+            [(class_names[i], row[i]) for i in np.argsort(-row)[: min(5, len(class_names))]]
+            for row in probs
+        ]
+    else:
+        crop_pct = kp.MODEL_CONFIGS[args.model]["crop_pct"]
+        model = kp.VARIANTS[args.model](weights=args.weights)
+        images = np.stack([kp.load_image(path, crop_pct=crop_pct) for path in args.images])
+        probs = model.predict(images, batch_size=args.batch_size, verbose=0)
+        tops = [
+            [(f"{name} ({wnid})", score) for wnid, name, score in top]
+            for top in kp.decode_predictions(probs, top=5)
+        ]
+    for path, top in zip(args.images, tops, strict=True):
         print(path)
-        for wnid, name, score in top:
-            print(f"  {score:7.2%}  {name} ({wnid})")
+        for name, score in top:
+            print(f"  {score:7.2%}  {name}")
     return 0
 
 
@@ -114,6 +134,49 @@ def convert(args):
     return 0
 
 
+def train(args):
+    """Trains a config; started again with the same command, it resumes."""
+    from keras_poolformer.training import configs, trainer
+
+    config = configs.get_config(args.config, args.overrides, smoke_run=args.smoke)
+    metrics = trainer.train(
+        config,
+        args.data,
+        args.output,
+        data_dir=args.data_dir,
+        strategy=args.strategy,
+        init=args.init,
+    )
+    print(f"final weights: {os.path.join(args.output, 'final.weights.h5')}")
+    if "val_top1" in metrics:
+        print(f"val top-1 {metrics['val_top1']:.2%}, top-5 {metrics['val_top5']:.2%}")
+    return 0
+
+
+def evaluate(args):
+    """Top-1 / top-5 of a model on a dataset's validation split."""
+    import keras_poolformer as kp
+    from keras_poolformer.training import configs, data, trainer
+
+    if args.run:
+        config, _, model, spec = trainer.load_run(args.run)
+        spec = args.data or spec
+        if args.weights:
+            model.load_weights(args.weights)
+    else:
+        if not (args.model and args.weights and args.data):
+            raise ValueError("evaluate needs --run DIR, or --model, --weights and --data.")
+        config, spec = configs.get_config(args.model), args.data
+        model = trainer.build_model(config, len(data.load_source(spec, args.data_dir).class_names))
+        if str(args.weights).endswith(".weights.h5"):
+            model.load_weights(args.weights)
+        else:
+            kp.porting.load_state_dict(model, kp.convert.load_official(args.weights)[0])
+    top1, top5 = trainer.evaluate(model, spec, config, args.data_dir)
+    print(f"{spec}: top-1 {top1:.2%}, top-5 {top5:.2%}")
+    return 0
+
+
 def build_parser():
     from keras_poolformer.models import MODEL_CONFIGS
 
@@ -134,6 +197,7 @@ def build_parser():
     p = commands.add_parser("predict", help="top-5 ImageNet classes of images")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--model", choices=variants, default="s12")
+    p.add_argument("--run", help="a training output folder: its model and classes")
     p.add_argument(
         "--weights",
         default="imagenet",
@@ -156,6 +220,28 @@ def build_parser():
     )
     p.add_argument("--images", nargs="+", metavar="IMAGE", help="images for --verify")
     p.set_defaults(run=convert)
+
+    p = commands.add_parser("train", help="train with the paper's recipe (resumes if interrupted)")
+    p.add_argument("--config", required=True, help="a training config (training/configs.py)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--data", required=True, help="folder:PATH, tfds:NAME[:split] or synthetic")
+    p.add_argument("--data-dir", help="the TFDS data folder")
+    p.add_argument("--output", required=True, help="run folder (checkpoints, logs, weights)")
+    p.add_argument(
+        "--strategy", default="auto", help="auto, one-device, mirrored, multi-worker, tpu"
+    )
+    p.add_argument("--init", help="start from 'imagenet' or a weights/checkpoint path (new head)")
+    p.add_argument("--smoke", action="store_true", help="shrink the config to a few steps")
+    p.set_defaults(run=train)
+
+    p = commands.add_parser("evaluate", help="top-1 / top-5 on a validation split")
+    p.add_argument("--run", help="a training output folder (its config, weights and data)")
+    p.add_argument("--model", help="a training config name (architecture and eval transform)")
+    p.add_argument("--weights", help=".weights.h5 or checkpoint")
+    p.add_argument("--data", help="folder:PATH, tfds:NAME[:split] or synthetic")
+    p.add_argument("--data-dir")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(run=evaluate)
     return parser
 
 

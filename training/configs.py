@@ -1,0 +1,191 @@
+"""Training configs: every number of a run in one place, one config per experiment.
+
+The paper's recipe (Table 1 and the official ``train.py``, design.md section 5):
+AdamW (betas 0.9/0.999, eps 1e-8, weight decay 0.05, 1-D parameters exempt), peak
+lr = global batch / 1024 x 1e-3, 5 warmup epochs from 1e-6, cosine to 1e-5 at epoch
+300, then 10 cooldown epochs at 1e-5; random resized crop, flip, RandAugment
+rand-m9-mstd0.5-inc1, random erasing 0.25, mixup 0.8 / cutmix 1.0 (switch 0.5),
+label smoothing 0.1; drop path and LayerScale init per variant.
+
+Use: ``keras-poolformer train --config s12 [key=value ...] [--smoke]``. Any field
+can be overridden on the command line (``epochs=100 batch_size=256``).
+"""
+
+import dataclasses
+
+from keras_poolformer.models import MODEL_CONFIGS
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One experiment. The docstring of each registered config says how it was run."""
+
+    model: str = "s12"  # a variant, or "custom" with depths/dims below
+    depths: tuple = ()
+    dims: tuple = ()
+    image_size: int = 224
+    crop_pct: float = 0.9  # evaluation crop
+    epochs: int = 300
+    warmup_epochs: int = 5
+    cooldown_epochs: int = 10
+    steps_per_epoch: int = 0  # 0: the dataset's size / batch_size
+    batch_size: int = 4096  # global batch of one optimizer step
+    accum_steps: int = 1  # micro-batches per optimizer step (batch_size / accum_steps each)
+    lr_per_1024: float = 1e-3  # peak lr = batch_size / 1024 * lr_per_1024
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    epsilon: float = 1e-8
+    drop_path_rate: float = 0.1
+    layer_scale_init_value: float = 1e-5
+    label_smoothing: float = 0.1
+    mixup_alpha: float = 0.8
+    cutmix_alpha: float = 1.0
+    mixup_switch_prob: float = 0.5
+    randaugment: str = "rand-m9-mstd0.5-inc1"  # "" for none
+    random_erasing: float = 0.25
+    rrc_scale: tuple = (0.08, 1.0)
+    hflip: bool = True
+    seed: int = 0
+    checkpoint_every: int = 500  # optimizer steps between checkpoints
+    eval_every: int = 1  # epochs between evaluations
+    eval_steps: int = 0  # 0: the whole validation split
+    precision: str = "float32"  # or "mixed": bfloat16 on TPU and CPU, float16 on GPU
+    xla: bool = False
+
+    @property
+    def peak_lr(self):
+        return self.batch_size / 1024 * self.lr_per_1024
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+def variant_config(variant, **changes):
+    """The paper's Table 1 recipe for one variant."""
+    table = MODEL_CONFIGS[variant]
+    return Config(
+        model=variant,
+        crop_pct=table["crop_pct"],
+        drop_path_rate=table["drop_path_rate"],
+        layer_scale_init_value=table["layer_scale_init_value"],
+        **changes,
+    )
+
+
+CONFIGS = {key: variant_config(key) for key in MODEL_CONFIGS}
+
+# Fine-tuning an ImageNet PoolFormer on a new dataset (use with --init imagenet):
+# a short schedule at a tenth of the lr, the same augmentation.
+CONFIGS["s12_finetune"] = variant_config(
+    "s12", epochs=30, warmup_epochs=2, cooldown_epochs=0, batch_size=256, lr_per_1024=1e-4
+)
+
+# Imagenette from scratch on a 2-core CPU in about 40 minutes:
+#   keras-poolformer train --config imagenette_cpu \
+#       --data folder:../shared/data/imagenette2-160 --output runs/imagenette
+# A PoolFormer of S12's depth at half its width, on 112 px crops, with the recipe's
+# optimizer and schedule shape; RandAugment, erasing and mixup are off because they
+# need far more than 18 epochs to pay for themselves.
+CONFIGS["imagenette_cpu"] = Config(
+    model="custom",
+    depths=(2, 2, 6, 2),
+    dims=(32, 64, 160, 256),
+    image_size=112,
+    crop_pct=0.875,
+    epochs=18,
+    warmup_epochs=1,
+    cooldown_epochs=0,
+    batch_size=64,
+    lr_per_1024=1.6e-2,  # peak 1e-3 at batch 64
+    min_lr=1e-5,
+    drop_path_rate=0.0,
+    layer_scale_init_value=1e-5,
+    label_smoothing=0.1,
+    mixup_alpha=0.0,
+    cutmix_alpha=0.0,
+    randaugment="",
+    random_erasing=0.0,
+    rrc_scale=(0.35, 1.0),
+    checkpoint_every=100,
+)
+
+# The README's first command: a tiny model on the project's synthetic dataset.
+CONFIGS["demo"] = Config(
+    model="custom",
+    depths=(1, 1, 2, 1),
+    dims=(16, 32, 48, 64),
+    image_size=64,
+    crop_pct=1.0,
+    epochs=4,
+    warmup_epochs=1,
+    cooldown_epochs=0,
+    batch_size=32,
+    lr_per_1024=6.4e-2,  # peak 2e-3 at batch 32
+    drop_path_rate=0.0,
+    mixup_alpha=0.0,
+    cutmix_alpha=0.0,
+    randaugment="",
+    random_erasing=0.0,
+    rrc_scale=(0.6, 1.0),
+    hflip=False,
+    checkpoint_every=20,
+)
+
+
+def smoke(config):
+    """Shrinks any config to a few steps on small images: for checking a setup end to end."""
+    return config.replace(
+        image_size=64,
+        epochs=2,
+        warmup_epochs=1,
+        cooldown_epochs=0,
+        steps_per_epoch=3,
+        batch_size=8,
+        accum_steps=1,
+        lr_per_1024=config.peak_lr / 8 * 1024,  # keep the peak lr
+        eval_steps=2,
+        checkpoint_every=2,
+    )
+
+
+def _parse(value, current):
+    if isinstance(current, bool):
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value.lower() in ("true", "1")
+    if isinstance(current, tuple):
+        return tuple(type(current[0])(v) if current else int(v) for v in value.split(","))
+    return type(current)(value)
+
+
+def get_config(name, overrides=(), smoke_run=False):
+    """The named config with ``key=value`` overrides applied (and shrunk by ``smoke``)."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown config {name!r}; known: {', '.join(sorted(CONFIGS))}.")
+    config = CONFIGS[name]
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    changes = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(
+                f"override {item!r} is not key=value with a config field "
+                f"({', '.join(sorted(fields))})."
+            )
+        try:
+            changes[key] = _parse(value, getattr(config, key))
+        except ValueError as error:
+            raise ValueError(f"override {item!r}: {error}") from None
+    config = config.replace(**changes)
+    if smoke_run:
+        config = smoke(config)
+    if config.batch_size % config.accum_steps:
+        raise ValueError(
+            f"batch_size {config.batch_size} is not divisible by accum_steps {config.accum_steps}."
+        )
+    if config.model != "custom" and config.model not in MODEL_CONFIGS:
+        raise ValueError(f"unknown model {config.model!r}; use a variant or 'custom'.")
+    return config

@@ -1,0 +1,422 @@
+"""The training loop: the recipe on any ``tf.distribute`` strategy, resumable at any step.
+
+One optimizer step = ``accum_steps`` micro-batches of ``batch_size / accum_steps``
+images, split over the replicas; the loss is the mean over the whole global batch,
+so one device, many replicas, many workers and accumulation all compute the same
+update. Checkpoints (weights, optimizer state, step, DropPath seed state) are written
+every ``checkpoint_every`` steps and at each epoch's end; started again with the
+same command, a run continues from its last checkpoint at the exact batch it had
+reached. Outputs in ``--output``: ``checkpoints/``, ``log.csv``, ``curve.png``,
+``tensorboard/``, ``config.json``, ``classes.json`` and ``final.weights.h5``.
+"""
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import keras_poolformer as kp
+from keras_poolformer import files
+from keras_poolformer.training import data as data_lib
+from keras_poolformer.training.plots import plot_log
+
+STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker", "tpu")
+
+
+# --- schedule and optimizer --------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="keras_poolformer")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """timm's cosine schedule, per step: linear warmup from ``warmup_lr`` to ``peak``
+    over ``warmup_steps``, cosine from ``peak`` at step 0 of the cycle to ``min_lr``
+    at ``decay_steps`` (the cycle counts the warmup steps too, as timm's does), then
+    ``min_lr`` through the cooldown."""
+
+    def __init__(self, peak, warmup_steps, decay_steps, warmup_lr=1e-6, min_lr=1e-5):
+        self.peak, self.warmup_lr, self.min_lr = float(peak), float(warmup_lr), float(min_lr)
+        self.warmup_steps, self.decay_steps = int(warmup_steps), int(decay_steps)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warm = self.warmup_lr + (self.peak - self.warmup_lr) * step / max(self.warmup_steps, 1)
+        progress = tf.minimum(step / max(self.decay_steps, 1), 1.0)
+        cosine = self.min_lr + 0.5 * (self.peak - self.min_lr) * (1 + tf.cos(math.pi * progress))
+        return tf.where(step < self.warmup_steps, warm, cosine)
+
+    def get_config(self):
+        return {
+            "peak": self.peak,
+            "warmup_steps": self.warmup_steps,
+            "decay_steps": self.decay_steps,
+            "warmup_lr": self.warmup_lr,
+            "min_lr": self.min_lr,
+        }
+
+
+def make_optimizer(config, model, steps_per_epoch):
+    """AdamW with the recipe's schedule; biases, norm affines and layer scales (every
+    1-D parameter) are exempt from weight decay, as timm's optimizer factory does."""
+    schedule = WarmupCosine(
+        config.peak_lr,
+        config.warmup_epochs * steps_per_epoch,
+        config.epochs * steps_per_epoch,
+        config.warmup_lr,
+        config.min_lr,
+    )
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=schedule,
+        weight_decay=config.weight_decay,
+        beta_1=config.beta_1,
+        beta_2=config.beta_2,
+        epsilon=config.epsilon,
+    )
+    optimizer.exclude_from_weight_decay(
+        var_list=[v for v in model.trainable_variables if len(v.shape) <= 1]
+    )
+    return optimizer
+
+
+# --- strategy ----------------------------------------------------------------------------
+
+
+def select_strategy(name="auto"):
+    """The ``tf.distribute`` strategy for ``--strategy``; "auto" picks TPU if one is
+    configured, multi-worker if ``TF_CONFIG`` names several workers, mirrored with
+    several GPUs, else one device."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; use one of {', '.join(STRATEGIES)}.")
+    if name == "auto":
+        tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+        workers = tf_config.get("cluster", {}).get("worker", [])
+        if os.environ.get("TPU_NAME") or os.environ.get("COLAB_TPU_ADDR"):
+            name = "tpu"
+        elif len(workers) > 1:
+            name = "multi-worker"
+        elif len(tf.config.list_logical_devices("GPU")) > 1:
+            name = "mirrored"
+        else:
+            name = "one-device"
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    if name == "multi-worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        return tf.distribute.MirroredStrategy(devices)
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+
+
+def is_chief(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    return resolver.task_type in ("chief", None) or (
+        resolver.task_type == "worker"
+        and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict()
+    )
+
+
+def _set_precision(config, strategy):
+    if config.precision == "float32":
+        keras.config.set_dtype_policy("float32")
+    elif config.precision == "mixed":
+        on_gpu = bool(tf.config.list_logical_devices("GPU")) and not isinstance(
+            strategy, tf.distribute.TPUStrategy
+        )
+        keras.config.set_dtype_policy("mixed_float16" if on_gpu else "mixed_bfloat16")
+    else:
+        raise ValueError(f"precision must be 'float32' or 'mixed', got {config.precision!r}.")
+
+
+# --- model -------------------------------------------------------------------------------
+
+
+def build_model(config, num_classes, init=None):
+    """The classifier to train (logits out), optionally initialised from pretrained
+    weights (``"imagenet"`` or a weights/checkpoint path) with a fresh head."""
+    if config.model == "custom":
+        depths, dims = config.depths, config.dims
+    else:
+        depths, dims = (
+            kp.MODEL_CONFIGS[config.model]["depths"],
+            kp.MODEL_CONFIGS[config.model]["dims"],
+        )
+    common = {
+        "depths": depths,
+        "dims": dims,
+        "layer_scale_init_value": config.layer_scale_init_value,
+        "input_shape": (config.image_size, config.image_size, 3),
+        "name": f"poolformer_{config.model}",
+    }
+    model = kp.PoolFormer(
+        **common,
+        classes=num_classes,
+        classifier_activation=None,
+        drop_path_rate=config.drop_path_rate,
+        weights=None,
+    )
+    if init:
+        donor = kp.PoolFormer(**common, include_top=False, weights=init)
+        state = kp.porting.export_state_dict(donor)
+        fresh_head = kp.porting.export_state_dict(model)
+        state.update({k: v for k, v in fresh_head.items() if k.startswith("head.")})
+        kp.porting.load_state_dict(model, state)
+    return model
+
+
+def seed_variables(model):
+    """The state of every DropPath's random generator, so that a resumed run draws
+    the same stochastic-depth masks as an uninterrupted one."""
+    return [
+        layer.seed_generator.state
+        for layer in model._flatten_layers()
+        if isinstance(layer, kp.layers.DropPath) and layer.seed_generator is not None
+    ]
+
+
+# --- the run -----------------------------------------------------------------------------
+
+
+class _Progress:
+    """A Keras progress bar on a terminal; a plain line every ``every`` steps otherwise."""
+
+    def __init__(self, total, epoch, every=20):
+        self.live = sys.stdout.isatty()
+        self.every, self.epoch, self.total = every, epoch, total
+        self.bar = keras.utils.Progbar(total) if self.live else None
+
+    def update(self, step, values):
+        if self.bar:
+            self.bar.update(step, values)
+        elif step % self.every == 0 or step == self.total:
+            text = " ".join(f"{k}={v:.4g}" for k, v in values)
+            print(f"epoch {self.epoch} step {step}/{self.total} {text}", flush=True)
+
+
+def top_k_accuracy(model, dataset):
+    """(top-1, top-5) of ``model`` over ``(images, labels)`` batches."""
+
+    @tf.function
+    def predict(images):
+        return model(images, training=False)
+
+    correct1 = correct5 = count = 0
+    for images, labels in dataset:
+        logits = predict(images).numpy()
+        labels = labels.numpy()
+        top5 = np.argsort(-logits, axis=1)[:, :5]
+        correct1 += int(np.sum(top5[:, 0] == labels))
+        correct5 += int(np.sum(np.any(top5 == labels[:, None], axis=1)))
+        count += len(labels)
+    return (correct1 / count, correct5 / count) if count else (float("nan"), float("nan"))
+
+
+def train(config, data_spec, output, data_dir=None, strategy="auto", init=None, log=print):
+    """Trains ``config`` on ``data_spec`` into ``output``; resumes if ``output`` holds
+    checkpoints of the same run. Returns the final metrics as a dict."""
+    strategy = select_strategy(strategy) if isinstance(strategy, str) else strategy
+    chief = is_chief(strategy)
+    replicas = strategy.num_replicas_in_sync
+    micro_batch = config.batch_size // config.accum_steps
+    if micro_batch % replicas:
+        raise ValueError(
+            f"the global batch of one micro-step ({config.batch_size} / accum_steps "
+            f"{config.accum_steps} = {micro_batch}) is not divisible by the {replicas} replicas."
+        )
+    os.makedirs(output, exist_ok=True)
+    source = data_lib.load_source(data_spec, data_dir, cache_dir=output)
+    train_split, val_split = source.train, source.val
+    num_classes = len(source.class_names)
+    for what, split in (("training", train_split), ("validation", val_split)):
+        if split.skipped:
+            log(f"skipped {len(split.skipped)} unreadable {what} images, e.g. {split.skipped[0]}")
+    steps_per_epoch = config.steps_per_epoch or len(train_split) // config.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"{len(train_split)} training images make no full batch of {config.batch_size}."
+        )
+    total_epochs = config.epochs + config.cooldown_epochs
+    total_steps = total_epochs * steps_per_epoch
+    run_config = {**dataclasses.asdict(config), "data": data_spec, "init": init}
+    if chief:
+        for name, content in (("config.json", run_config), ("classes.json", source.class_names)):
+            with files.atomic_path(os.path.join(output, name)) as tmp, open(tmp, "w") as f:
+                json.dump(content, f, indent=2)
+        if data_spec == "synthetic":
+            _write_samples(source, os.path.join(output, "samples"))
+
+    _set_precision(config, strategy)
+    keras.utils.set_random_seed(config.seed)  # the same initial weights on every replica and run
+    with strategy.scope():
+        model = build_model(config, num_classes, init)
+        optimizer = make_optimizer(config, model, steps_per_epoch)
+        if config.precision == "mixed" and keras.config.dtype_policy().name == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(model.trainable_variables)
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    checkpoint = tf.train.Checkpoint(
+        model=model, optimizer=optimizer, step=step, seeds=seed_variables(model)
+    )
+    ckpt_dir = os.path.join(output, "checkpoints")
+    if not chief:  # other workers write to a scratch folder, as tf.distribute expects
+        ckpt_dir = os.path.join(output, f".worker_{strategy.cluster_resolver.task_id}_checkpoints")
+    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=2)
+    restore_from = tf.train.latest_checkpoint(os.path.join(output, "checkpoints"))
+    if restore_from:
+        checkpoint.restore(restore_from).assert_existing_objects_matched()
+        log(f"resumed from {restore_from} at step {int(step.numpy())} of {total_steps}")
+    elif chief:
+        log(
+            f"training {model.name} ({model.count_params():,} parameters) on {source.name}: "
+            f"{len(train_split)} train / {len(val_split)} val images, {num_classes} classes; "
+            f"{total_epochs} epochs x {steps_per_epoch} steps, global batch {config.batch_size} "
+            f"({replicas} replica(s), accum {config.accum_steps}), peak lr {config.peak_lr:.3g}"
+        )
+
+    loss_fn = keras.losses.CategoricalCrossentropy(from_logits=True, reduction=None)
+
+    def replica_grads(images, targets):
+        with tf.GradientTape() as tape:
+            logits = tf.cast(model(images, training=True), tf.float32)
+            per_example = loss_fn(targets, logits)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=micro_batch)
+            loss = loss / config.accum_steps
+            scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
+        return loss, tape.gradient(scaled, model.trainable_variables)
+
+    def replica_apply(grads):
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+
+    def add(a, b):
+        return [x + y for x, y in zip(a, b, strict=True)]
+
+    @tf.function(jit_compile=config.xla or None)
+    def train_step(iterator):
+        total, grads = 0.0, None
+        for _ in range(config.accum_steps):
+            images, targets = next(iterator)
+            loss, micro = strategy.run(replica_grads, (images, targets))
+            grads = micro if grads is None else strategy.run(add, (grads, micro))
+            total += strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+        strategy.run(replica_apply, (grads,))
+        step.assign_add(1)
+        return total
+
+    log_path = os.path.join(output, "log.csv")
+    writer = tf.summary.create_file_writer(os.path.join(output, "tensorboard")) if chief else None
+    metrics = {}
+    start_step = int(step.numpy())
+    for epoch in range(start_step // steps_per_epoch, total_epochs):
+        done = start_step - epoch * steps_per_epoch if epoch == start_step // steps_per_epoch else 0
+        dataset, _ = data_lib.train_dataset(
+            train_split, config, epoch, micro_batch, done * config.accum_steps, num_classes
+        )
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA
+        )
+        iterator = iter(strategy.experimental_distribute_dataset(dataset.with_options(options)))
+        progress = _Progress(steps_per_epoch, epoch + 1)
+        started, losses = time.time(), []
+        for in_epoch in range(done, steps_per_epoch):
+            loss = float(train_step(iterator))
+            losses.append(loss)
+            current = int(step.numpy())
+            progress.update(in_epoch + 1, [("loss", loss), ("lr", float(optimizer.learning_rate))])
+            if current % config.checkpoint_every == 0:
+                manager.save(checkpoint_number=current)
+        row = {
+            "epoch": epoch + 1,
+            "step": int(step.numpy()),
+            "lr": float(optimizer.learning_rate),
+            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "seconds": round(time.time() - started, 1),
+        }
+        last = epoch + 1 == total_epochs
+        if len(val_split) and ((epoch + 1) % config.eval_every == 0 or last):
+            val = data_lib.eval_dataset(
+                val_split, config, max(micro_batch // replicas, 1), config.eval_steps
+            )
+            row["val_top1"], row["val_top5"] = top_k_accuracy(model, val)
+        manager.save(checkpoint_number=int(step.numpy()))
+        if chief:
+            _append_csv(log_path, row)
+            plot_log(log_path, os.path.join(output, "curve.png"), f"{model.name} on {source.name}")
+            with writer.as_default(step=row["step"]):
+                for key, value in row.items():
+                    if key not in ("epoch", "step"):
+                        tf.summary.scalar(key, value)
+            log(
+                " ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                )
+            )
+        metrics = row
+
+    if chief:
+        with files.atomic_path(os.path.join(output, "final.weights.h5")) as tmp:
+            model.save_weights(tmp)
+    else:
+        tf.io.gfile.rmtree(ckpt_dir)
+    return metrics
+
+
+def _write_samples(source, folder):
+    """One validation image per class, named after it, for trying ``predict --run``."""
+    os.makedirs(folder, exist_ok=True)
+    for index, name in enumerate(source.class_names):
+        position = int(np.flatnonzero(source.val.labels == index)[0])
+        with open(os.path.join(folder, f"{index}_{name}.png"), "wb") as f:
+            f.write(source.val.images[position])
+
+
+def load_run(folder):
+    """``(config, class_names, model)`` of a training output folder, with its final weights."""
+    from keras_poolformer.training import configs
+
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+        saved = json.load(f)
+    with open(os.path.join(folder, "classes.json"), encoding="utf-8") as f:
+        class_names = json.load(f)
+    fields = {f.name for f in dataclasses.fields(configs.Config)}
+    config = configs.Config(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in fields}
+    )
+    model = build_model(config, len(class_names))
+    model.load_weights(os.path.join(folder, "final.weights.h5"))
+    return config, class_names, model, saved["data"]
+
+
+def _append_csv(path, row):
+    fields = ["epoch", "step", "lr", "train_loss", "val_top1", "val_top5", "seconds"]
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def evaluate(model, data_spec, config, data_dir=None, split="val"):
+    """Top-1 / top-5 of ``model`` on a split of ``data_spec`` with the eval transform."""
+    source = data_lib.load_source(data_spec, data_dir)
+    chosen = source.val if split == "val" else source.train
+    if not len(chosen):
+        raise ValueError(f"{data_spec} has no {split} images.")
+    return top_k_accuracy(model, data_lib.eval_dataset(chosen, config, 32))
