@@ -177,6 +177,19 @@ def evaluate(args):
     return 0
 
 
+def list_configs(args):
+    """Prints each training config's model, batch, schedule and note."""
+    from keras_poolformer.training import configs
+
+    for name, config in sorted(configs.CONFIGS.items()):
+        print(
+            f"{name}: model {config.model}, {config.image_size}px, batch {config.batch_size}, "
+            f"{config.epochs}+{config.cooldown_epochs} epochs, peak lr {config.peak_lr:.3g}"
+        )
+        print(f"    {config.note}")
+    return 0
+
+
 def build_parser():
     from keras_poolformer.models import MODEL_CONFIGS
 
@@ -233,6 +246,9 @@ def build_parser():
     p.add_argument("--init", help="start from 'imagenet' or a weights/checkpoint path (new head)")
     p.add_argument("--smoke", action="store_true", help="shrink the config to a few steps")
     p.set_defaults(run=train)
+
+    p = commands.add_parser("configs", help="list the training configs and how they were run")
+    p.set_defaults(run=list_configs)
 
     p = commands.add_parser("evaluate", help="top-1 / top-5 on a validation split")
     p.add_argument("--run", help="a training output folder (its config, weights and data)")

@@ -394,6 +394,29 @@ def test_bad_data_and_configs_are_named(tmp_path):
     assert result.returncode == 2 and "unknown config 'nope'" in result.stderr
 
 
+def test_gradient_accumulation_computes_the_full_batch_update(tmp_path):
+    """batch 16 as 2 micro-batches of 8 = batch 16 at once: the same images, the same
+    augmentations, the same mean loss (mixup is off: it mixes within a micro-batch)."""
+    base = ["steps_per_epoch=4", "epochs=1", "warmup_epochs=0", "batch_size=16", "eval_steps=1"]
+    for accum in (1, 2):
+        config = configs.get_config("demo", [*base, f"accum_steps={accum}", "drop_path_rate=0.0"])
+        trainer.train(config, "synthetic", str(tmp_path / f"accum{accum}"), log=lambda *a: None)
+    assert_same_weights(final_weights(tmp_path / "accum1"), final_weights(tmp_path / "accum2"))
+
+
+def test_mixed_precision_and_xla_train(tmp_path):
+    config = configs.get_config("demo", ["precision=mixed", "xla=true"], smoke_run=True)
+    metrics = trainer.train(config, "synthetic", str(tmp_path / "run"), log=lambda *a: None)
+    assert np.isfinite(metrics["train_loss"])
+
+
+def test_resuming_another_experiment_is_refused(tmp_path):
+    config = configs.get_config("demo", smoke_run=True)
+    trainer.train(config, "synthetic", str(tmp_path), log=lambda *a: None)
+    with pytest.raises(ValueError, match=r"different run \(epochs: 2 -> 3\)"):
+        trainer.train(config.replace(epochs=3), "synthetic", str(tmp_path), log=lambda *a: None)
+
+
 def test_corrupt_images_are_skipped_and_counted(tmp_path):
     for c, name in enumerate(["a", "b"]):
         folder = tmp_path / "data" / name
@@ -460,8 +483,8 @@ def test_tfds_dataset_trains_streamed_and_resumes_exactly(tmp_path):
         ["tl", "tr", "bl", "br"],
     )
     config = configs.get_config("demo", ["steps_per_epoch=4", "batch_size=8"])
-    full = list(data.train_dataset(source.train, config, 1, 8, 0, 4)[0].as_numpy_iterator())
-    resumed = list(data.train_dataset(source.train, config, 1, 8, 2, 4)[0].as_numpy_iterator())
+    full = list(data.train_dataset(source.train, config, 1, 8, 4, 0, 4).as_numpy_iterator())
+    resumed = list(data.train_dataset(source.train, config, 1, 8, 4, 2, 4).as_numpy_iterator())
     assert len(full) == 4 and len(resumed) == 2
     for a, b in zip(full[2:], resumed, strict=True):  # the same batches after a resume
         np.testing.assert_array_equal(a[0], b[0])

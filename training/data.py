@@ -261,15 +261,16 @@ def epoch_order(count, seed, epoch):
     return np.random.default_rng([seed, epoch]).permutation(count)
 
 
-def train_dataset(split, config, epoch, batch, skip_batches=0, num_classes=None):
-    """One epoch of training batches ``(images, soft_targets)`` of ``batch`` images.
+def train_dataset(split, config, epoch, batch, num_batches, skip_batches=0, num_classes=None):
+    """One epoch of training batches ``(images, soft_targets)``.
 
     Args:
+        batch: images per batch (one micro-batch of the global batch).
+        num_batches: batches in the epoch (optimizer steps x accumulation steps).
         skip_batches: batches of this epoch already trained on (when resuming);
             they are skipped before any image is read.
     """
-    steps = config.steps_per_epoch or len(split) // batch
-    start, end = skip_batches * batch, steps * batch
+    start, end = skip_batches * batch, num_batches * batch
     load = _loader(split)
     if split.stream is not None:
         # Too large to hold: a seeded shuffle buffer over the fixed-order records; on
@@ -313,7 +314,7 @@ def train_dataset(split, config, epoch, batch, skip_batches=0, num_classes=None)
         return mixed, targets
 
     dataset = dataset.enumerate(start=skip_batches).map(mix, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE), steps
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def eval_dataset(split, config, batch, max_batches=0):

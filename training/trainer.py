@@ -252,6 +252,7 @@ def train(config, data_spec, output, data_dir=None, strategy="auto", init=None, 
     total_epochs = config.epochs + config.cooldown_epochs
     total_steps = total_epochs * steps_per_epoch
     run_config = {**dataclasses.asdict(config), "data": data_spec, "init": init}
+    _check_same_run(output, run_config)
     if chief:
         for name, content in (("config.json", run_config), ("classes.json", source.class_names)):
             with files.atomic_path(os.path.join(output, name)) as tmp, open(tmp, "w") as f:
@@ -298,13 +299,16 @@ def train(config, data_spec, output, data_dir=None, strategy="auto", init=None, 
             scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
         return loss, tape.gradient(scaled, model.trainable_variables)
 
+    if config.xla:  # compile the forward and backward pass; the data and all-reduce stay outside
+        replica_grads = tf.function(replica_grads, jit_compile=True)
+
     def replica_apply(grads):
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
 
     def add(a, b):
         return [x + y for x, y in zip(a, b, strict=True)]
 
-    @tf.function(jit_compile=config.xla or None)
+    @tf.function
     def train_step(iterator):
         total, grads = 0.0, None
         for _ in range(config.accum_steps):
@@ -322,8 +326,14 @@ def train(config, data_spec, output, data_dir=None, strategy="auto", init=None, 
     start_step = int(step.numpy())
     for epoch in range(start_step // steps_per_epoch, total_epochs):
         done = start_step - epoch * steps_per_epoch if epoch == start_step // steps_per_epoch else 0
-        dataset, _ = data_lib.train_dataset(
-            train_split, config, epoch, micro_batch, done * config.accum_steps, num_classes
+        dataset = data_lib.train_dataset(
+            train_split,
+            config,
+            epoch,
+            micro_batch,
+            steps_per_epoch * config.accum_steps,
+            done * config.accum_steps,
+            num_classes,
         )
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = (
@@ -373,6 +383,33 @@ def train(config, data_spec, output, data_dir=None, strategy="auto", init=None, 
     else:
         tf.io.gfile.rmtree(ckpt_dir)
     return metrics
+
+
+# Fields that may change between a run and its resumption.
+_RESUMABLE_CHANGES = {"checkpoint_every", "eval_every", "eval_steps", "note"}
+
+
+def _check_same_run(output, run_config):
+    """Refuses to resume checkpoints of another experiment into ``output``."""
+    saved_path = os.path.join(output, "config.json")
+    if not (
+        tf.train.latest_checkpoint(os.path.join(output, "checkpoints"))
+        and os.path.isfile(saved_path)
+    ):
+        return
+    with open(saved_path, encoding="utf-8") as f:
+        saved = json.load(f)
+    current = json.loads(json.dumps(run_config))  # tuples as lists, as saved
+    differ = sorted(
+        k for k in set(saved) | set(current)
+        if k not in _RESUMABLE_CHANGES and saved.get(k) != current.get(k)
+    )  # fmt: skip
+    if differ:
+        changes = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in differ)
+        raise ValueError(
+            f"'{output}' holds checkpoints of a different run ({changes}); resume it with "
+            "the same config and data, or train into a new --output."
+        )
 
 
 def _write_samples(source, folder):
