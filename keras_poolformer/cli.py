@@ -172,7 +172,7 @@ def evaluate(args):
             model.load_weights(args.weights)
         else:
             kp.porting.load_state_dict(model, kp.convert.load_official(args.weights)[0])
-    top1, top5 = trainer.evaluate(model, spec, config, args.data_dir)
+    top1, top5 = trainer.evaluate(model, spec, config, args.data_dir, cache_dir=args.run)
     print(f"{spec}: top-1 {top1:.2%}, top-5 {top5:.2%}")
     return 0
 
@@ -205,7 +205,7 @@ def build_parser():
     )
     p.add_argument("--variants", nargs="+", choices=variants, default=variants)
     p.add_argument("--images", nargs="+", metavar="IMAGE", help="also run these images")
-    p.set_defaults(run=summary)
+    p.set_defaults(handler=summary)
 
     p = commands.add_parser("predict", help="top-5 ImageNet classes of images")
     p.add_argument("images", nargs="+", metavar="IMAGE")
@@ -217,7 +217,7 @@ def build_parser():
         help="'imagenet' (default), a .weights.h5 file or a PyTorch checkpoint of that variant",
     )
     p.add_argument("--batch-size", type=int, default=16)
-    p.set_defaults(run=predict)
+    p.set_defaults(handler=predict)
 
     p = commands.add_parser(
         "convert",
@@ -232,7 +232,7 @@ def build_parser():
         help="compare with transformers' PyTorch PoolFormer (needs the [test] extra)",
     )
     p.add_argument("--images", nargs="+", metavar="IMAGE", help="images for --verify")
-    p.set_defaults(run=convert)
+    p.set_defaults(handler=convert)
 
     p = commands.add_parser("train", help="train with the paper's recipe (resumes if interrupted)")
     p.add_argument("--config", required=True, help="a training config (training/configs.py)")
@@ -245,10 +245,10 @@ def build_parser():
     )
     p.add_argument("--init", help="start from 'imagenet' or a weights/checkpoint path (new head)")
     p.add_argument("--smoke", action="store_true", help="shrink the config to a few steps")
-    p.set_defaults(run=train)
+    p.set_defaults(handler=train)
 
     p = commands.add_parser("configs", help="list the training configs and how they were run")
-    p.set_defaults(run=list_configs)
+    p.set_defaults(handler=list_configs)
 
     p = commands.add_parser("evaluate", help="top-1 / top-5 on a validation split")
     p.add_argument("--run", help="a training output folder (its config, weights and data)")
@@ -257,7 +257,7 @@ def build_parser():
     p.add_argument("--data", help="folder:PATH, tfds:NAME[:split] or synthetic")
     p.add_argument("--data-dir")
     p.add_argument("--batch-size", type=int, default=32)
-    p.set_defaults(run=evaluate)
+    p.set_defaults(handler=evaluate)
     return parser
 
 
@@ -268,7 +268,7 @@ def main(argv=None):
     # Each model traces its own predict function once; TF's retracing notice is noise here.
     tf.get_logger().setLevel("ERROR")
     try:
-        return args.run(args)
+        return args.handler(args)
     except (ValueError, OSError, RuntimeError) as error:
         print(f"keras-poolformer: error: {error}", file=sys.stderr)
         return 2

@@ -128,7 +128,8 @@ CONFIGS["imagenette_cpu"] = Config(
     rrc_scale=(0.35, 1.0),
     checkpoint_every=100,
     note="keras-poolformer train --config imagenette_cpu --data folder:../shared/data/"
-    "imagenette2-160 --output runs/imagenette, on 2 CPU cores (no GPU): RESULT_PENDING",
+    "imagenette2-160 --output runs/imagenette, on 2 CPU cores (no GPU), 25.5 min wall "
+    "clock: 74.09% top-1, 96.87% top-5 on the 3,925 val images (training/results/).",
 )
 
 # The README's first command: a tiny model on the project's synthetic dataset.

@@ -102,8 +102,11 @@ def _readable(paths, cache_file):
     dataset = dataset.map(check, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.apply(tf.data.experimental.ignore_errors())
     ok = np.zeros(len(paths), bool)
-    for index, valid in dataset.as_numpy_iterator():
+    tenth = max(len(paths) // 10, 1)
+    for done, (index, valid) in enumerate(dataset.as_numpy_iterator(), start=1):
         ok[index] = valid
+        if len(paths) >= 10_000 and done % tenth == 0:
+            print(f"  {done:,} / {len(paths):,} checked", flush=True)
     if cache_file:
         with files.atomic_path(cache_file) as tmp, open(tmp, "w", encoding="utf-8") as f:
             json.dump(

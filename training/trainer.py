@@ -450,9 +450,10 @@ def _append_csv(path, row):
         os.fsync(f.fileno())
 
 
-def evaluate(model, data_spec, config, data_dir=None, split="val"):
-    """Top-1 / top-5 of ``model`` on a split of ``data_spec`` with the eval transform."""
-    source = data_lib.load_source(data_spec, data_dir)
+def evaluate(model, data_spec, config, data_dir=None, split="val", cache_dir=None):
+    """Top-1 / top-5 of ``model`` on a split of ``data_spec`` with the eval transform
+    (``cache_dir``: where a folder's decode scan is kept, e.g. the run folder)."""
+    source = data_lib.load_source(data_spec, data_dir, cache_dir=cache_dir)
     chosen = source.val if split == "val" else source.train
     if not len(chosen):
         raise ValueError(f"{data_spec} has no {split} images.")
