@@ -85,7 +85,8 @@ def convert_checkpoint(checkpoint, output, variant=None):
 
     Returns:
         ``(model, info)``: the loaded Keras model and a dict with the checkpoint's
-        ``layout``, the inferred ``architecture`` and the port ``report``.
+        ``layout``, the inferred ``architecture``, the port ``report`` and the
+        official-layout ``state`` it was loaded from.
     """
     output = os.fspath(output)
     if not output.endswith(OUTPUT_SUFFIXES):
@@ -98,4 +99,10 @@ def convert_checkpoint(checkpoint, output, variant=None):
             model.save(tmp)
         else:
             model.save_weights(tmp)
-    return model, {"layout": layout, "architecture": infer_architecture(state), "report": report}
+    info = {
+        "layout": layout,
+        "architecture": infer_architecture(state),
+        "report": report,
+        "state": state,
+    }
+    return model, info

@@ -1,7 +1,11 @@
 """The ``keras-poolformer`` command line (also ``python -m keras_poolformer``).
 
-keras-poolformer summary [--variants s12 s24 ...] [--images IMAGE ...]
-keras-poolformer predict IMAGE ... --model s12 --weights FILE.weights.h5
+keras-poolformer summary [--variants s12 ...] [--images IMAGE ...]
+keras-poolformer predict IMAGE ... [--model s12] [--weights imagenet|PATH] [--run DIR]
+keras-poolformer convert CHECKPOINT --output FILE [--model s12] [--verify [--images ...]]
+keras-poolformer train --config NAME [KEY=VALUE ...] --data SPEC --output DIR [--smoke]
+keras-poolformer evaluate --run DIR | --model NAME --weights PATH --data SPEC
+keras-poolformer configs
 """
 
 import argparse
@@ -101,7 +105,7 @@ def convert(args):
     import numpy as np
 
     import keras_poolformer as kp
-    from keras_poolformer.convert import convert_checkpoint, describe, load_official
+    from keras_poolformer.convert import convert_checkpoint, describe
 
     model, info = convert_checkpoint(args.checkpoint, args.output, variant=args.model)
     arch = info["architecture"]
@@ -122,8 +126,7 @@ def convert(args):
     else:
         images = np.random.default_rng(0).uniform(0, 255, (4, 224, 224, 3)).astype("float32")
         source = "4 random-noise images (pass --images for real ones)"
-    state, _ = load_official(args.checkpoint)
-    result = compare(model, state, images)
+    result = compare(model, info["state"], images)
     print(f"verified against transformers' PoolFormer on {source}:")
     print(f"  max |logit difference|: {result['max_abs_diff']:.3g} (tolerance {TOLERANCE:g})")
     print(f"  top-1 agreement: {result['top1_agreement']:.0%}")
