@@ -153,7 +153,7 @@ CONFIGS["demo"] = Config(
     hflip=False,
     checkpoint_every=20,
     note="keras-poolformer train --config demo --data synthetic --output runs/demo, on 2 CPU "
-    "cores: 100% val top-1 on the synthetic quadrant task in about 20 s.",
+    "cores: 99.6% val top-1 on the synthetic quadrant task, 4 epochs in about 20 s.",
 )
 
 
