@@ -10,7 +10,11 @@ VERSION = re.search(
     r'^__version__ = "([^"]+)"', (HERE / "keras_poolformer" / "__init__.py").read_text(), re.M
 )[1]
 
+# Deployment: TF Serving warm-up protos, the LiteRT interpreter, ONNX export and runtime.
+EXPORT_REQUIRES = ["tensorflow-serving-api", "ai-edge-litert", "tf2onnx", "onnxruntime"]
+
 TEST_REQUIRES = [
+    *EXPORT_REQUIRES,
     "pytest>=7",
     "torch>=2.1,<2.14",
     "transformers>=4.30",
@@ -49,6 +53,7 @@ setup(
     extras_require={
         # The PyTorch reference for parity tests, and the linter. torch stays on the
         # 2.13 line: an open range would pull a CUDA build of several GB.
+        "export": EXPORT_REQUIRES,
         "test": TEST_REQUIRES,
         "dev": TEST_REQUIRES,
     },

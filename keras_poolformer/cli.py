@@ -193,6 +193,94 @@ def list_configs(args):
     return 0
 
 
+def _cosine(a, b):
+    import numpy as np
+
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    return float(
+        np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)))
+    )
+
+
+def export(args):
+    """Writes the SavedModel (and TFLite / ONNX), then checks each against Keras."""
+    import glob
+
+    import numpy as np
+    import tensorflow as tf
+
+    import keras_poolformer as kp
+    from keras_poolformer import export as export_lib
+
+    if args.run:
+        from keras_poolformer.training import trainer
+
+        config, class_names, model, _ = trainer.load_run(args.run)
+        size, crop_pct = config.image_size, config.crop_pct
+    else:
+        model = kp.VARIANTS[args.model](weights=args.weights, classifier_activation=None)
+        class_names, size, crop_pct = None, 224, kp.MODEL_CONFIGS[args.model]["crop_pct"]
+    reference = export_lib.logits_model(model)
+    deployed = export_lib.fold(reference) if args.fold else reference
+    paths = list(args.images or [])
+    if args.calibration:
+        found = sorted(
+            p for p in glob.glob(os.path.join(args.calibration, "**", "*"), recursive=True)
+            if p.lower().endswith((".jpg", ".jpeg", ".png", ".bmp", ".gif"))
+        )  # fmt: skip
+        paths = paths or found[: args.check_images]
+        calibration = np.stack([kp.load_image(p, size, crop_pct) for p in found[:200]])
+    else:
+        calibration = None
+    images = np.stack([kp.load_image(p, size, crop_pct) for p in paths]) if paths else None
+    keras_logits = reference.predict(images, verbose=0) if images is not None else None
+    rows = []
+
+    directory = export_lib.export_saved_model(
+        deployed, args.saved_model, args.version, class_names, crop_pct
+    )
+    print(f"SavedModel: {directory} (signatures serving_default, predict_pixels; warm-up requests)")
+    if images is not None:
+        served = tf.saved_model.load(directory).signatures["serving_default"]
+        encoded = [tf.io.read_file(p) for p in paths]
+        probs = served(image_bytes=tf.stack(encoded))["probabilities"].numpy()
+        keras_probs = tf.nn.softmax(keras_logits).numpy()
+        rows.append(("SavedModel (JPEG bytes in)", probs, keras_probs, None))
+    if args.tflite:
+        size_bytes = export_lib.export_tflite(deployed, args.tflite, args.quantize, calibration)
+        print(f"TFLite ({args.quantize}): {args.tflite}, {size_bytes / 1e6:.1f} MB")
+        if images is not None:
+            rows.append(
+                (
+                    f"TFLite {args.quantize}",
+                    export_lib.run_tflite(args.tflite, images),
+                    keras_logits,
+                    size_bytes,
+                )
+            )
+    if args.onnx:
+        size_bytes = export_lib.export_onnx(deployed, args.onnx)
+        print(f"ONNX: {args.onnx}, {size_bytes / 1e6:.1f} MB")
+        if images is not None:
+            rows.append(
+                (
+                    "ONNX (onnxruntime)",
+                    export_lib.run_onnx(args.onnx, images),
+                    keras_logits,
+                    size_bytes,
+                )
+            )
+    if rows:
+        print(f"agreement with the Keras model on {len(paths)} image(s):")
+        for name, ours, theirs, _ in rows:
+            top1 = float(np.mean(ours.argmax(1) == theirs.argmax(1)))
+            print(
+                f"  {name}: max |difference| {np.abs(ours - theirs).max():.3g}, "
+                f"top-1 agreement {top1:.0%}, cosine {_cosine(ours, theirs):.6f}"
+            )
+    return 0
+
+
 def build_parser():
     from keras_poolformer.models import MODEL_CONFIGS
 
@@ -249,6 +337,25 @@ def build_parser():
     p.add_argument("--init", help="start from 'imagenet' or a weights/checkpoint path (new head)")
     p.add_argument("--smoke", action="store_true", help="shrink the config to a few steps")
     p.set_defaults(handler=train)
+
+    p = commands.add_parser("export", help="SavedModel for TF Serving, TFLite and ONNX, checked")
+    p.add_argument("--model", choices=variants, default="s12")
+    p.add_argument(
+        "--weights", default="imagenet", help="'imagenet', a .weights.h5 or a checkpoint"
+    )
+    p.add_argument("--run", help="export a training output folder's model instead")
+    p.add_argument("--saved-model", required=True, help="base folder; writes DIR/<version>/")
+    p.add_argument("--version", type=int, default=1)
+    p.add_argument("--tflite", help="also write a TFLite file")
+    p.add_argument("--quantize", choices=["none", "fp16", "dynamic", "int8"], default="none")
+    p.add_argument("--calibration", help="image folder for int8 calibration (and checks)")
+    p.add_argument("--onnx", help="also write an ONNX file")
+    p.add_argument(
+        "--no-fold", dest="fold", action="store_false", help="export without inference folding"
+    )
+    p.add_argument("--images", nargs="+", metavar="IMAGE", help="check the exports on these")
+    p.add_argument("--check-images", type=int, default=16, help="checks from --calibration")
+    p.set_defaults(handler=export)
 
     p = commands.add_parser("configs", help="list the training configs and how they were run")
     p.set_defaults(handler=list_configs)

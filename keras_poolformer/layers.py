@@ -12,6 +12,7 @@ import keras
 from keras import ops
 
 PACKAGE = "keras_poolformer"
+_INV_SQRT2 = 0.7071067811865476
 
 # ImageNet statistics the official models were trained with (RGB, on pixels / 255).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -116,7 +117,9 @@ class ConvMlp(keras.layers.Layer):
 
     def call(self, inputs):
         x = self.fc1(inputs)
-        x = ops.gelu(x, approximate=False)
+        # Exact GELU, x * Phi(x), written with erf: TensorFlow's own gelu kernel uses
+        # erfc, which ONNX exporters cannot express; both agree to float32 precision.
+        x = 0.5 * x * (1.0 + ops.erf(x * _INV_SQRT2))
         return self.fc2(x)
 
     def compute_output_shape(self, input_shape):
@@ -203,6 +206,9 @@ class PoolFormerBlock(keras.layers.Layer):
         mlp_ratio: hidden channels of the MLP are ``int(dim * mlp_ratio)`` (4).
         layer_scale_init_value: start value of both LayerScale vectors.
         drop_path_rate: stochastic-depth rate of this block (training only).
+        folded: the inference form made by :func:`keras_poolformer.export.fold`:
+            norms without affine and no second LayerScale, their weights merged
+            into the first LayerScale and the two 1x1 convs.
     """
 
     def __init__(
@@ -212,22 +218,29 @@ class PoolFormerBlock(keras.layers.Layer):
         mlp_ratio=4.0,
         layer_scale_init_value=1e-5,
         drop_path_rate=0.0,
+        folded=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.dim = int(dim)
+        self.folded = bool(folded)
         self.pool_size = pool_size
         self.mlp_ratio = float(mlp_ratio)
         self.layer_scale_init_value = float(layer_scale_init_value)
         self.drop_path_rate = float(drop_path_rate)
 
         policy = self.dtype_policy
-        self.norm1 = ModifiedLayerNorm(name="norm1", dtype=policy)
+        affine = not self.folded
+        self.norm1 = ModifiedLayerNorm(name="norm1", dtype=policy, center=affine, scale=affine)
         self.token_mixer = Pooling(pool_size, name="token_mixer", dtype=policy)
         self.layer_scale_1 = LayerScale(layer_scale_init_value, name="layer_scale_1", dtype=policy)
-        self.norm2 = ModifiedLayerNorm(name="norm2", dtype=policy)
+        self.norm2 = ModifiedLayerNorm(name="norm2", dtype=policy, center=affine, scale=affine)
         self.mlp = ConvMlp(int(self.dim * self.mlp_ratio), self.dim, name="mlp", dtype=policy)
-        self.layer_scale_2 = LayerScale(layer_scale_init_value, name="layer_scale_2", dtype=policy)
+        self.layer_scale_2 = None
+        if not self.folded:
+            self.layer_scale_2 = LayerScale(
+                layer_scale_init_value, name="layer_scale_2", dtype=policy
+            )
         self.drop_path = DropPath(drop_path_rate, name="drop_path", dtype=policy)
 
     def build(self, input_shape):
@@ -243,13 +256,16 @@ class PoolFormerBlock(keras.layers.Layer):
             self.mlp,
             self.layer_scale_2,
         ):
-            layer.build(input_shape)
+            if layer is not None:
+                layer.build(input_shape)
 
     def call(self, inputs, training=None):
         x = inputs
         branch = self.layer_scale_1(self.token_mixer(self.norm1(x)))
         x = x + self.drop_path(branch, training=training)
-        branch = self.layer_scale_2(self.mlp(self.norm2(x)))
+        branch = self.mlp(self.norm2(x))
+        if self.layer_scale_2 is not None:
+            branch = self.layer_scale_2(branch)
         return x + self.drop_path(branch, training=training)
 
     def compute_output_shape(self, input_shape):
@@ -263,6 +279,7 @@ class PoolFormerBlock(keras.layers.Layer):
             "mlp_ratio": self.mlp_ratio,
             "layer_scale_init_value": self.layer_scale_init_value,
             "drop_path_rate": self.drop_path_rate,
+            "folded": self.folded,
         }
 
 

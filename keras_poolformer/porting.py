@@ -153,6 +153,11 @@ def keras_targets(model):
         elif m := _DOWNSAMPLE_NAME.match(name):
             conv(f"network.{2 * int(m[1]) - 1}.proj", layer)
         elif m := _BLOCK_NAME.match(name):
+            if layer.folded:
+                raise ValueError(
+                    f"'{model.name}' is folded for inference: its merged weights have no "
+                    "official layout. Port into the unfolded model, then fold it."
+                )
             p = f"network.{2 * int(m[1])}.{int(m[2])}."
             targets[p + "layer_scale_1"] = (layer.layer_scale_1.scale, "vector")
             targets[p + "layer_scale_2"] = (layer.layer_scale_2.scale, "vector")

@@ -364,6 +364,15 @@ def test_demo_life_cycle_train_evaluate_predict(tmp_path):
     for sample in samples:  # each sample is named after its class: the top answer must be it
         top = lines[lines.index(sample) + 1]
         assert os.path.basename(sample).split("_", 1)[1][:-4] in top
+    exported = run_cli(
+        "export", "--run", str(run), "--saved-model", str(run / "serving"),
+        "--tflite", str(run / "model.tflite"), "--quantize", "int8",
+        "--calibration", str(run / "samples"), timeout=600,
+    )  # fmt: skip
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert (run / "serving" / "1" / "saved_model.pb").is_file()
+    assert "SavedModel (JPEG bytes in): max |difference|" in exported.stdout
+    assert "TFLite int8:" in exported.stdout and "top-1 agreement" in exported.stdout
 
 
 # --- bad input ---------------------------------------------------------------------------

@@ -1,0 +1,330 @@
+"""Deployment artifacts: a TF Serving SavedModel, TFLite flatbuffers and ONNX.
+
+The SavedModel needs TensorFlow alone to serve (no ``keras_poolformer`` import):
+
+- ``serving_default``: ``image_bytes`` (a batch of encoded JPEG/PNG/BMP/GIF images of
+  any size, grey, RGB or RGBA) -> ``probabilities`` (batch x classes), ``classes``
+  (top-5 indices) and ``labels`` (top-5 names). The evaluation transform (bicubic
+  resize of the shorter side to ``int(size / crop_pct)``, centre crop) runs in the graph.
+- ``predict_pixels``: ``images`` (batch x size x size x 3, RGB 0..255) -> ``logits`` and
+  ``probabilities``.
+- ``assets.extra/tf_serving_warmup_requests``: one warm-up request per signature.
+
+It is written in TF Serving's layout, ``DIR/<version>/``, under a temporary name that is
+renamed when complete.
+"""
+
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+from keras_poolformer.imagenet import class_names as imagenet_class_names
+from keras_poolformer.imagenet import eval_transform
+
+TOP_K = 5
+QUANTIZATIONS = ("none", "fp16", "dynamic", "int8")
+
+
+def fold(model):
+    """An inference-optimised copy of ``model`` that computes the same function.
+
+    Per block, by algebra that holds exactly:
+
+    - norm1's affine commutes with ``pool(x) - x`` (the average of a constant is that
+      constant when padding is left out, so its bias cancels; its per-channel weight
+      passes through), and merges into LayerScale 1: ``s1 = ls1 * w1``;
+    - norm2's affine merges into the first 1x1 conv: ``W1' = diag(w2) W1``,
+      ``b1' = b1 + b2n W1``;
+    - LayerScale 2 merges into the second 1x1 conv: ``W2' = W2 diag(ls2)``,
+      ``b2' = ls2 * b2``.
+
+    The folded blocks have no norm affines and no second LayerScale: three
+    element-wise multiplications and two additions fewer per block.
+    """
+    import keras
+
+    from keras_poolformer.layers import PoolFormerBlock
+
+    config = model.get_config()
+    for layer_config in config["layers"]:
+        if layer_config["class_name"].endswith("PoolFormerBlock"):
+            layer_config["config"]["folded"] = True
+    folded = keras.Model.from_config(config)
+    for new in folded.layers:
+        old = model.get_layer(new.name)
+        if not isinstance(old, PoolFormerBlock):
+            new.set_weights(old.get_weights())
+            continue
+        w1 = old.norm1.gamma.numpy()  # norm1's bias cancels in pool(x) - x
+        w2, b2n = old.norm2.gamma.numpy(), old.norm2.beta.numpy()
+        k1, c1 = old.mlp.fc1.kernel.numpy(), old.mlp.fc1.bias.numpy()
+        k2, c2 = old.mlp.fc2.kernel.numpy(), old.mlp.fc2.bias.numpy()
+        ls1, ls2 = old.layer_scale_1.scale.numpy(), old.layer_scale_2.scale.numpy()
+        new.layer_scale_1.scale.assign(ls1 * w1)
+        new.mlp.fc1.kernel.assign(k1 * w2[None, None, :, None])
+        new.mlp.fc1.bias.assign(c1 + b2n @ k1[0, 0])
+        new.mlp.fc2.kernel.assign(k2 * ls2[None, None, None, :])
+        new.mlp.fc2.bias.assign(c2 * ls2)
+    return folded
+
+
+def logits_model(model):
+    """``model`` up to its classifier's logits (before any softmax)."""
+    import keras
+
+    return keras.Model(model.input, model.get_layer("head").output, name=f"{model.name}_logits")
+
+
+def _image_size(model):
+    size = model.input_shape[1]
+    if size is None or model.input_shape[2] != size:
+        raise ValueError(
+            f"export needs a model with a fixed square input; '{model.name}' takes "
+            f"{model.input_shape[1:3]}. Build it with input_shape=(224, 224, 3)."
+        )
+    return size
+
+
+def _names(model, class_names):
+    classes = model.get_layer("head").units
+    if class_names is None:
+        if classes != 1000:
+            raise ValueError(f"pass class_names for a model with {classes} classes.")
+        class_names = [name for _, name in imagenet_class_names()]
+    if len(class_names) != classes:
+        raise ValueError(f"{len(class_names)} class names for a model with {classes} classes.")
+    return list(class_names)
+
+
+def serving_functions(model, class_names=None, crop_pct=0.9):
+    """The two serving ``tf.function``\\ s of a classifier (see the module docstring)."""
+    import tensorflow as tf
+
+    size = _image_size(model)
+    names = tf.constant(_names(model, class_names))
+    logits_of = logits_model(model)
+    top_k = min(TOP_K, len(_names(model, class_names)))
+
+    def decode(data):
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        return eval_transform(image, size, crop_pct)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serve_bytes(image_bytes):
+        images = tf.map_fn(
+            decode, image_bytes, fn_output_signature=tf.TensorSpec((size, size, 3), tf.float32)
+        )
+        probabilities = tf.nn.softmax(tf.cast(logits_of(images, training=False), tf.float32))
+        top = tf.math.top_k(probabilities, top_k)
+        return {
+            "probabilities": probabilities,
+            "classes": top.indices,
+            "labels": tf.gather(names, top.indices),
+        }
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="images")])
+    def serve_pixels(images):
+        logits = tf.cast(logits_of(images, training=False), tf.float32)
+        return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
+
+    return serve_bytes, serve_pixels
+
+
+def _warmup_records(path, model_name, size):
+    """Writes TF Serving's warm-up requests, one per signature, built with its protos."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    jpeg = tf.io.encode_jpeg(tf.cast(tf.fill((256, 320, 3), 128), tf.uint8)).numpy()
+    requests = {
+        "serving_default": {"image_bytes": tf.make_tensor_proto([jpeg])},
+        "predict_pixels": {
+            "images": tf.make_tensor_proto(np.full((1, size, size, 3), 128.0, np.float32))
+        },
+    }
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path) as writer:
+        for signature, inputs in requests.items():
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature)
+            )
+            for key, proto in inputs.items():
+                request.inputs[key].CopyFrom(proto)
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)
+            )
+            writer.write(log.SerializeToString())
+
+
+def export_saved_model(
+    model, directory, version=1, class_names=None, crop_pct=0.9, model_name=None
+):
+    """Writes ``model`` as a TF Serving SavedModel at ``directory/<version>/``.
+
+    Args:
+        model: a classifier built by this package (fixed square input).
+        directory: the model's base folder (TF Serving's ``--model_base_path``).
+        version: the integer version folder.
+        class_names: names for the ``labels`` output (ImageNet's for 1000 classes).
+        crop_pct: the evaluation crop of the weights.
+        model_name: the name in the warm-up requests (TF Serving's ``--model_name``).
+
+    Returns:
+        The path of the version folder.
+    """
+    import keras
+
+    if not isinstance(version, int) or version < 1:
+        raise ValueError(f"version must be a positive integer, got {version!r}.")
+    serve_bytes, serve_pixels = serving_functions(model, class_names, crop_pct)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve_bytes)
+    archive.add_endpoint("predict_pixels", serve_pixels)
+
+    final = os.path.join(os.fspath(directory), str(version))
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{version}.", dir=os.path.dirname(final))
+    try:
+        archive.write_out(staging, verbose=False)
+        records = os.path.join(staging, "assets.extra", "tf_serving_warmup_requests")
+        _warmup_records(records, model_name or model.name, _image_size(model))
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging)
+    return final
+
+
+# --- TFLite ------------------------------------------------------------------------------
+
+
+def export_tflite(model, path, quantize="none", calibration_images=None):
+    """Writes a TFLite flatbuffer of ``model``'s logits for one image of pixels (0..255).
+
+    Args:
+        quantize: ``"none"`` (float32), ``"fp16"`` (float16 weights),
+            ``"dynamic"`` (int8 weights, float activations) or ``"int8"`` (full
+            integer: uint8 pixels in, int8 logits out, calibrated on
+            ``calibration_images``).
+        calibration_images: float32 ``(n, size, size, 3)`` RGB 0..255, for int8.
+
+    Returns:
+        The size of the file in bytes.
+    """
+    import tensorflow as tf
+
+    from keras_poolformer import files
+
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}.")
+    import keras
+
+    size = _image_size(model)
+    logits_of = logits_model(model)
+    # Converting through a SavedModel reads Keras 3's variables correctly; converting
+    # the concrete function directly does not.
+    archive = keras.export.ExportArchive()
+    archive.track(logits_of)
+    archive.add_endpoint(
+        "logits",
+        tf.function(
+            lambda images: logits_of(images, training=False),
+            input_signature=[tf.TensorSpec([1, size, size, 3], tf.float32, name="images")],
+        ),
+    )
+    staging = tempfile.mkdtemp(prefix="keras_poolformer_tflite_")
+    try:
+        archive.write_out(staging, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(staging, signature_keys=["logits"])
+        flatbuffer = _convert(converter, quantize, calibration_images)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(flatbuffer)
+    return len(flatbuffer)
+
+
+def _convert(converter, quantize, calibration_images):
+    import tensorflow as tf
+
+    if quantize == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quantize == "int8":
+        if calibration_images is None or len(calibration_images) == 0:
+            raise ValueError("int8 quantization needs calibration images.")
+        images = np.asarray(calibration_images, np.float32)
+
+        def representative():
+            for image in images:
+                yield [image[None]]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def run_tflite(path, images):
+    """Logits of a TFLite file from :func:`export_tflite` on float32 images (0..255),
+    run with the LiteRT interpreter; quantized inputs and outputs are handled."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=os.fspath(path))
+    interpreter.allocate_tensors()
+    (source,) = interpreter.get_input_details()
+    (target,) = interpreter.get_output_details()
+    outputs = []
+    for image in np.asarray(images, np.float32):
+        x = image[None]
+        if source["dtype"] != np.float32:
+            scale, zero = source["quantization"]
+            x = np.clip(np.round(x / scale + zero), 0, 255).astype(source["dtype"])
+        interpreter.set_tensor(source["index"], x)
+        interpreter.invoke()
+        y = interpreter.get_tensor(target["index"]).astype(np.float32)
+        if target["dtype"] != np.float32:
+            scale, zero = target["quantization"]
+            y = (y - zero) * scale
+        outputs.append(y[0])
+    return np.stack(outputs)
+
+
+# --- ONNX --------------------------------------------------------------------------------
+
+
+def export_onnx(model, path, opset=17):
+    """Writes an ONNX model of ``model``'s logits (input ``images``: batch x size x
+    size x 3, RGB 0..255) through tf2onnx. Returns the file size in bytes."""
+    import tensorflow as tf
+    import tf2onnx
+
+    from keras_poolformer import files
+
+    size = _image_size(model)
+    logits_of = logits_model(model)
+    function = tf.function(lambda images: logits_of(images, training=False))
+    signature = [tf.TensorSpec([None, size, size, 3], tf.float32, name="images")]
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=opset)
+    data = proto.SerializeToString()
+    with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+    return len(data)
+
+
+def run_onnx(path, images):
+    """Logits of an ONNX file from :func:`export_onnx`, run with onnxruntime on CPU."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return session.run(None, {name: np.asarray(images, np.float32)})[0]

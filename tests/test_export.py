@@ -1,0 +1,190 @@
+"""Deployment: the SavedModel in a fresh TensorFlow-only process, TFLite, ONNX, folding."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import imagenet_val_files, reference
+
+import keras_poolformer as kp
+from keras_poolformer import export
+
+pytest.importorskip("ai_edge_litert")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("tensorflow_serving")
+
+
+@pytest.fixture(scope="module")
+def model():
+    """S12 with the reference's random, non-trivial weights (every affine matters)."""
+    _, state = reference("s12")
+    model = kp.PoolFormerS12(weights=None, classifier_activation=None)
+    kp.porting.load_state_dict(model, state)
+    return model
+
+
+@pytest.fixture(scope="module")
+def jpegs(tmp_path_factory):
+    """Encoded images: real ImageNet JPEGs when present, else generated ones."""
+    files = imagenet_val_files(6)
+    if files:
+        return [path.read_bytes() for path, _ in files]
+    rng = np.random.default_rng(0)
+    return [
+        tf.io.encode_jpeg(rng.integers(0, 256, (200 + 10 * i, 260, 3), dtype=np.uint8)).numpy()
+        for i in range(6)
+    ]
+
+
+@pytest.fixture(scope="module")
+def pixels(jpegs):
+    """The same images through the Python evaluation transform."""
+    decoded = [tf.io.decode_image(j, channels=3, expand_animations=False) for j in jpegs]
+    return np.stack([kp.eval_transform(image, 224, 0.9).numpy() for image in decoded])
+
+
+@pytest.fixture(scope="module")
+def saved_model(model, tmp_path_factory):
+    base = tmp_path_factory.mktemp("serving") / "poolformer"
+    return export.export_saved_model(export.fold(model), base, version=3, crop_pct=0.9)
+
+
+def test_fold_computes_the_same_function(model, pixels):
+    folded = export.fold(model)
+    assert folded.count_params() < model.count_params()
+    assert not any(w.name == "layer_scale_2" for w in folded.weights)
+    np.testing.assert_allclose(folded(pixels).numpy(), model(pixels).numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="folded for inference"):
+        kp.porting.export_state_dict(folded)
+
+
+def test_saved_model_serves_jpeg_bytes_in_a_process_without_keras_poolformer(
+    saved_model, model, jpegs, pixels, tmp_path
+):
+    np.save(tmp_path / "jpegs.npy", np.array(jpegs, dtype=object), allow_pickle=True)
+    script = f"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+served = tf.saved_model.load({saved_model!r})
+jpegs = list(np.load({str(tmp_path / "jpegs.npy")!r}, allow_pickle=True))
+out = served.signatures["serving_default"](image_bytes=tf.constant(jpegs))
+np.save({str(tmp_path / "probs.npy")!r}, out["probabilities"].numpy())
+print(json.dumps({{
+    "keras_poolformer": [m for m in sys.modules if m.startswith("keras_poolformer")],
+    "labels": out["labels"].numpy()[0].astype(str).tolist(),
+    "classes": out["classes"].numpy()[0].tolist(),
+}}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["keras_poolformer"] == []
+    served = np.load(tmp_path / "probs.npy")
+    expected = tf.nn.softmax(model(pixels)).numpy()
+    assert np.abs(served - expected).max() <= 1e-4
+    names = [name for _, name in kp.imagenet.class_names()]
+    assert report["classes"] == list(np.argsort(-expected[0])[:5])
+    assert report["labels"] == [names[i] for i in report["classes"]]
+
+
+def test_saved_model_cli_lists_both_signatures(saved_model):
+    cli = subprocess.run(
+        [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show", "--dir",
+         saved_model, "--all"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    for expected in ("signature_def['serving_default']", "signature_def['predict_pixels']",
+                     "image_bytes", "probabilities", "labels", "logits"):  # fmt: skip
+        assert expected in cli.stdout
+    assert saved_model.endswith("/3")  # TF Serving's DIR/<version>/ layout
+
+
+def test_every_warmup_request_runs_through_its_signature(saved_model):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    served = tf.saved_model.load(saved_model)
+    records = f"{saved_model}/assets.extra/tf_serving_warmup_requests"
+    signatures = []
+    for record in tf.data.TFRecordDataset(records).as_numpy_iterator():
+        log = prediction_log_pb2.PredictionLog.FromString(record)
+        request = log.predict_log.request
+        inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
+        outputs = served.signatures[request.model_spec.signature_name](**inputs)
+        assert outputs["probabilities"].shape == (1, 1000)
+        signatures.append(request.model_spec.signature_name)
+    assert sorted(signatures) == ["predict_pixels", "serving_default"]
+
+
+@pytest.mark.parametrize("bad", [b"", b"\xff\xd8\xff\xe0 truncated jpeg", b"not an image"])
+def test_a_bad_image_fails_its_request_and_the_model_keeps_answering(saved_model, jpegs, bad):
+    serve = tf.saved_model.load(saved_model).signatures["serving_default"]
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        serve(image_bytes=tf.constant([jpegs[0], bad]))
+    assert serve(image_bytes=tf.constant(jpegs[:2]))["probabilities"].shape == (2, 1000)
+
+
+def test_pixel_signature_gives_logits(saved_model, model, pixels):
+    out = tf.saved_model.load(saved_model).signatures["predict_pixels"](images=tf.constant(pixels))
+    assert np.abs(out["logits"].numpy() - model(pixels).numpy()).max() <= 1e-4
+
+
+def test_tflite_fp32_and_onnx_match_keras(model, pixels, tmp_path):
+    expected = model(pixels).numpy()
+    export.export_tflite(export.fold(model), tmp_path / "s12.tflite")
+    assert np.abs(export.run_tflite(tmp_path / "s12.tflite", pixels) - expected).max() <= 1e-4
+    export.export_onnx(export.fold(model), tmp_path / "s12.onnx")
+    assert np.abs(export.run_onnx(tmp_path / "s12.onnx", pixels) - expected).max() <= 1e-4
+
+
+def cosine(a, b):
+    return float(
+        np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)))
+    )
+
+
+@pytest.mark.parametrize("quantize", ["fp16", "dynamic", "int8"])
+def test_quantized_tflite_reports_its_agreement(model, pixels, tmp_path, quantize):
+    folded = export.fold(model)
+    export.export_tflite(folded, tmp_path / "fp32.tflite")
+    fp32 = export.run_tflite(tmp_path / "fp32.tflite", pixels)
+    size = export.export_tflite(folded, tmp_path / f"{quantize}.tflite", quantize, pixels)
+    quantized = export.run_tflite(tmp_path / f"{quantize}.tflite", pixels)
+    agreement = float(np.mean(quantized.argmax(1) == fp32.argmax(1)))
+    report = {
+        "quantize": quantize,
+        "size_mb": round(size / 1e6, 2),
+        "fp32_size_mb": round((tmp_path / "fp32.tflite").stat().st_size / 1e6, 2),
+        "top1_agreement": agreement,
+        "cosine": round(cosine(quantized, fp32), 6),
+    }
+    print(json.dumps(report))
+    assert size < (tmp_path / "fp32.tflite").stat().st_size
+    assert report["cosine"] > 0.95  # a sanity floor; the figures themselves are reported
+
+
+def test_export_refuses_bad_arguments(model, tmp_path):
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        export.export_tflite(model, tmp_path / "x.tflite", "int4")
+    with pytest.raises(ValueError, match="calibration images"):
+        export.export_tflite(model, tmp_path / "x.tflite", "int8")
+    with pytest.raises(ValueError, match="version must be a positive integer"):
+        export.export_saved_model(model, tmp_path, version=0)
+    with pytest.raises(ValueError, match="fixed square input"):
+        export.export_saved_model(
+            kp.PoolFormerS12(weights=None, input_shape=(None, None, 3)), tmp_path
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["s24", "s36", "m36", "m48"])
+def test_other_variants_export_and_load(variant, tmp_path, pixels):
+    model = kp.VARIANTS[variant](weights=None, classifier_activation=None)
+    crop = kp.MODEL_CONFIGS[variant]["crop_pct"]
+    path = export.export_saved_model(export.fold(model), tmp_path / variant, crop_pct=crop)
+    out = tf.saved_model.load(path).signatures["predict_pixels"](images=tf.constant(pixels[:2]))
+    assert np.abs(out["logits"].numpy() - model(pixels[:2]).numpy()).max() <= 1e-4
