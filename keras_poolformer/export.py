@@ -222,6 +222,8 @@ def export_tflite(model, path, quantize="none", calibration_images=None):
 
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}.")
+    if quantize == "int8" and (calibration_images is None or len(calibration_images) == 0):
+        raise ValueError("int8 quantization needs calibration images.")
     import keras
 
     size = _image_size(model)
@@ -258,8 +260,6 @@ def _convert(converter, quantize, calibration_images):
     elif quantize == "dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     elif quantize == "int8":
-        if calibration_images is None or len(calibration_images) == 0:
-            raise ValueError("int8 quantization needs calibration images.")
         images = np.asarray(calibration_images, np.float32)
 
         def representative():
