@@ -10,6 +10,7 @@ Reference: Yu et al., "MetaFormer is Actually What You Need for Vision", CVPR 20
 
 from keras_poolformer import layers, porting
 from keras_poolformer.analysis import count_macs
+from keras_poolformer.gradcam import gradcam
 from keras_poolformer.imagenet import (
     decode_predictions,
     eval_transform,
@@ -43,6 +44,7 @@ __all__ = [
     "decode_predictions",
     "eval_transform",
     "feature_extractor",
+    "gradcam",
     "layers",
     "load_image",
     "porting",

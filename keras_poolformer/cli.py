@@ -281,6 +281,39 @@ def export(args):
     return 0
 
 
+def gradcam(args):
+    """Writes a Grad-CAM overlay PNG per image, titled with the top class."""
+    import numpy as np
+
+    import keras_poolformer as kp
+    from keras_poolformer.gradcam import gradcam as heatmaps
+    from keras_poolformer.gradcam import save_overlay
+
+    if args.run:
+        from keras_poolformer.training import trainer
+
+        config, names, model, _ = trainer.load_run(args.run)
+        size, crop_pct = config.image_size, config.crop_pct
+    else:
+        model = kp.VARIANTS[args.model](weights=args.weights, classifier_activation=None)
+        names = [name for _, name in kp.imagenet.class_names()]
+        size, crop_pct = 224, kp.MODEL_CONFIGS[args.model]["crop_pct"]
+    images = np.stack([kp.load_image(p, size, crop_pct) for p in args.images])
+    maps, classes = heatmaps(model, images)
+    logits = np.asarray(model.predict(images, verbose=0))
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    os.makedirs(args.output, exist_ok=True)
+    for path, image, heatmap, index, row in zip(
+        args.images, images, maps, classes, probs, strict=True
+    ):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        target = os.path.join(args.output, f"{stem}_gradcam.png")
+        save_overlay(image, heatmap, f"{names[index]} ({row[index]:.1%})", target)
+        print(f"{path}: {names[index]} ({row[index]:.1%}) -> {target}")
+    return 0
+
+
 def build_parser():
     from keras_poolformer.models import MODEL_CONFIGS
 
@@ -356,6 +389,16 @@ def build_parser():
     p.add_argument("--images", nargs="+", metavar="IMAGE", help="check the exports on these")
     p.add_argument("--check-images", type=int, default=16, help="checks from --calibration")
     p.set_defaults(handler=export)
+
+    p = commands.add_parser("gradcam", help="Grad-CAM heat-map overlays as PNG files")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--model", choices=variants, default="s12")
+    p.add_argument(
+        "--weights", default="imagenet", help="'imagenet', a .weights.h5 or a checkpoint"
+    )
+    p.add_argument("--run", help="explain a training output folder's model instead")
+    p.add_argument("--output", required=True, help="folder for the PNG files")
+    p.set_defaults(handler=gradcam)
 
     p = commands.add_parser("configs", help="list the training configs and how they were run")
     p.set_defaults(handler=list_configs)
