@@ -64,39 +64,43 @@ def summary(args):
     return 0
 
 
+def _classifier(args):
+    """The model a command works on: ``--run DIR`` (a training run) or ``--model`` with
+    ``--weights``. Returns ``(model giving logits, class names or None for ImageNet,
+    image size, crop_pct)``."""
+    import keras_poolformer as kp
+
+    if args.run:
+        from keras_poolformer.training import trainer
+
+        config, names, model, _ = trainer.load_run(args.run)
+        return model, names, config.image_size, config.crop_pct
+    model = kp.VARIANTS[args.model](weights=args.weights, classifier_activation=None)
+    return model, None, 224, kp.MODEL_CONFIGS[args.model]["crop_pct"]
+
+
+def _softmax(logits):
+    import numpy as np
+
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
 def predict(args):
     """Prints the top-5 classes of each image: ImageNet, or a training run's classes."""
     import numpy as np
 
     import keras_poolformer as kp
 
-    if args.run:
-        from keras_poolformer.training import trainer
-
-        config, class_names, model, _ = trainer.load_run(args.run)
-        images = np.stack(
-            [kp.load_image(p, config.image_size, config.crop_pct) for p in args.images]
-        )
-        logits = model.predict(images, batch_size=args.batch_size, verbose=0)
-        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs /= probs.sum(axis=1, keepdims=True)
-        tops = [
-            [(class_names[i], row[i]) for i in np.argsort(-row)[: min(5, len(class_names))]]
-            for row in probs
-        ]
-    else:
-        crop_pct = kp.MODEL_CONFIGS[args.model]["crop_pct"]
-        model = kp.VARIANTS[args.model](weights=args.weights)
-        images = np.stack([kp.load_image(path, crop_pct=crop_pct) for path in args.images])
-        probs = model.predict(images, batch_size=args.batch_size, verbose=0)
-        tops = [
-            [(f"{name} ({wnid})", score) for wnid, name, score in top]
-            for top in kp.decode_predictions(probs, top=5)
-        ]
-    for path, top in zip(args.images, tops, strict=True):
+    model, names, size, crop_pct = _classifier(args)
+    if names is None:
+        names = [f"{name} ({wnid})" for wnid, name in kp.imagenet.class_names()]
+    images = np.stack([kp.load_image(p, size, crop_pct) for p in args.images])
+    probs = _softmax(model.predict(images, batch_size=args.batch_size, verbose=0))
+    for path, row in zip(args.images, probs, strict=True):
         print(path)
-        for name, score in top:
-            print(f"  {score:7.2%}  {name}")
+        for index in np.argsort(-row)[: min(5, len(names))]:
+            print(f"  {row[index]:7.2%}  {names[index]}")
     return 0
 
 
@@ -212,14 +216,7 @@ def export(args):
     import keras_poolformer as kp
     from keras_poolformer import export as export_lib
 
-    if args.run:
-        from keras_poolformer.training import trainer
-
-        config, class_names, model, _ = trainer.load_run(args.run)
-        size, crop_pct = config.image_size, config.crop_pct
-    else:
-        model = kp.VARIANTS[args.model](weights=args.weights, classifier_activation=None)
-        class_names, size, crop_pct = None, 224, kp.MODEL_CONFIGS[args.model]["crop_pct"]
+    model, class_names, size, crop_pct = _classifier(args)
     reference = export_lib.logits_model(model)
     deployed = export_lib.fold(reference) if args.fold else reference
     paths = list(args.images or [])
@@ -289,20 +286,11 @@ def gradcam(args):
     from keras_poolformer.gradcam import gradcam as heatmaps
     from keras_poolformer.gradcam import save_overlay
 
-    if args.run:
-        from keras_poolformer.training import trainer
-
-        config, names, model, _ = trainer.load_run(args.run)
-        size, crop_pct = config.image_size, config.crop_pct
-    else:
-        model = kp.VARIANTS[args.model](weights=args.weights, classifier_activation=None)
-        names = [name for _, name in kp.imagenet.class_names()]
-        size, crop_pct = 224, kp.MODEL_CONFIGS[args.model]["crop_pct"]
+    model, names, size, crop_pct = _classifier(args)
+    names = names or [name for _, name in kp.imagenet.class_names()]
     images = np.stack([kp.load_image(p, size, crop_pct) for p in args.images])
     maps, classes = heatmaps(model, images)
-    logits = np.asarray(model.predict(images, verbose=0))
-    probs = np.exp(logits - logits.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
+    probs = _softmax(np.asarray(model.predict(images, verbose=0)))
     os.makedirs(args.output, exist_ok=True)
     for path, image, heatmap, index, row in zip(
         args.images, images, maps, classes, probs, strict=True
