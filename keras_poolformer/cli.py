@@ -168,18 +168,22 @@ def evaluate(args):
     if args.run:
         config, _, model, spec = trainer.load_run(args.run)
         spec = args.data or spec
+        source = data.load_source(spec, args.data_dir, cache_dir=args.run)
         if args.weights:
             model.load_weights(args.weights)
     else:
         if not (args.model and args.weights and args.data):
             raise ValueError("evaluate needs --run DIR, or --model, --weights and --data.")
         config, spec = configs.get_config(args.model), args.data
-        model = trainer.build_model(config, len(data.load_source(spec, args.data_dir).class_names))
+        source = data.load_source(spec, args.data_dir)
+        model = trainer.build_model(config, len(source.class_names))
         if str(args.weights).endswith(".weights.h5"):
             model.load_weights(args.weights)
         else:
-            kp.porting.load_state_dict(model, kp.convert.load_official(args.weights)[0])
-    top1, top5 = trainer.evaluate(model, spec, config, args.data_dir, cache_dir=args.run)
+            from keras_poolformer.convert import load_official
+
+            kp.porting.load_state_dict(model, load_official(args.weights)[0])
+    top1, top5 = trainer.evaluate(model, source, config, batch_size=args.batch_size)
     print(f"{spec}: top-1 {top1:.2%}, top-5 {top5:.2%}")
     return 0
 

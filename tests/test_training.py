@@ -357,6 +357,18 @@ def test_demo_life_cycle_train_evaluate_predict(tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     top1 = float(evaluated.stdout.split("top-1 ")[1].split("%")[0])
     assert top1 >= 90.0  # the synthetic task is easy: the quadrant of a bright square
+    # The same weights as a PyTorch-layout checkpoint, through --model/--weights/--data.
+    import keras_poolformer as kp
+
+    _, _, model, _ = trainer.load_run(str(run))
+    state = kp.porting.export_state_dict(model)
+    np.savez(run / "demo_official.npz", **state)
+    from_checkpoint = run_cli(
+        "evaluate", "--model", "demo", "--weights", str(run / "demo_official.npz"),
+        "--data", "synthetic", "--batch-size", "16", timeout=600,
+    )  # fmt: skip
+    assert from_checkpoint.returncode == 0, from_checkpoint.stderr[-3000:]
+    assert f"top-1 {top1:.2f}%" in from_checkpoint.stdout
     samples = sorted(str(p) for p in (run / "samples").iterdir())
     predicted = run_cli("predict", *samples, "--run", str(run), timeout=600)
     assert predicted.returncode == 0, predicted.stderr[-3000:]

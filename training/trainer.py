@@ -450,11 +450,10 @@ def _append_csv(path, row):
         os.fsync(f.fileno())
 
 
-def evaluate(model, data_spec, config, data_dir=None, split="val", cache_dir=None):
-    """Top-1 / top-5 of ``model`` on a split of ``data_spec`` with the eval transform
-    (``cache_dir``: where a folder's decode scan is kept, e.g. the run folder)."""
-    source = data_lib.load_source(data_spec, data_dir, cache_dir=cache_dir)
+def evaluate(model, source, config, split="val", batch_size=32):
+    """Top-1 / top-5 of ``model`` on a split of a :class:`~keras_poolformer.training.data.Source`
+    with the evaluation transform."""
     chosen = source.val if split == "val" else source.train
     if not len(chosen):
-        raise ValueError(f"{data_spec} has no {split} images.")
-    return top_k_accuracy(model, data_lib.eval_dataset(chosen, config, 32))
+        raise ValueError(f"{source.name} has no {split} images.")
+    return top_k_accuracy(model, data_lib.eval_dataset(chosen, config, batch_size))
