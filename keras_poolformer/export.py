@@ -21,7 +21,7 @@ import tempfile
 import numpy as np
 
 from keras_poolformer.imagenet import class_names as imagenet_class_names
-from keras_poolformer.imagenet import eval_transform
+from keras_poolformer.imagenet import decode_image, eval_transform
 
 TOP_K = 5
 QUANTIZATIONS = ("none", "fp16", "dynamic", "int8")
@@ -108,8 +108,7 @@ def serving_functions(model, class_names=None, crop_pct=0.9):
     top_k = min(TOP_K, len(_names(model, class_names)))
 
     def decode(data):
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        return eval_transform(image, size, crop_pct)
+        return eval_transform(decode_image(data), size, crop_pct)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve_bytes(image_bytes):

@@ -118,6 +118,14 @@ def eval_transform(image, image_size=224, crop_pct=DEFAULT_CROP_PCT):
     return tf.clip_by_value(cropped, 0.0, 255.0)
 
 
+def decode_image(data):
+    """Decodes JPEG, PNG, BMP or GIF bytes (grey, RGB or RGBA; a GIF's first frame)
+    into a ``uint8`` RGB tensor ``(height, width, 3)``. Works in graphs and ``tf.data``."""
+    import tensorflow as tf
+
+    return tf.io.decode_image(data, channels=3, expand_animations=False)
+
+
 def _center_offset(margin):
     """``int(round(margin / 2))`` with Python's round-half-to-even, as
     torchvision's ``CenterCrop`` computes it (``margin`` is an integer tensor)."""
@@ -132,7 +140,7 @@ def load_image(path, image_size=224, crop_pct=DEFAULT_CROP_PCT):
 
     data = tf.io.read_file(str(path))
     try:
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        image = decode_image(data)
     except tf.errors.InvalidArgumentError as error:
         raise ValueError(
             f"'{path}' is not an image TensorFlow can decode: {error.message}"

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_poolformer import files
-from keras_poolformer.imagenet import eval_transform
+from keras_poolformer.imagenet import decode_image, eval_transform
 from keras_poolformer.training import augment
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -95,7 +95,7 @@ def _readable(paths, cache_file):
     print(f"checking that {len(paths)} images decode (once; the result is kept)...", flush=True)
 
     def check(index, path):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        image = decode_image(tf.io.read_file(path))
         return index, tf.shape(image)[0] > 0
 
     dataset = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), paths))
@@ -253,8 +253,7 @@ def _loader(split):
     is_path = split.stream is None and len(split) and isinstance(split.images[0], str)
 
     def load(item):
-        data = tf.io.read_file(item) if is_path else item
-        return tf.io.decode_image(data, channels=3, expand_animations=False)
+        return decode_image(tf.io.read_file(item) if is_path else item)
 
     return load
 
@@ -274,6 +273,7 @@ def train_dataset(split, config, epoch, batch, num_batches, skip_batches=0, num_
             they are skipped before any image is read.
     """
     start, end = skip_batches * batch, num_batches * batch
+    epoch_seed = config.seed * 1_000_003 + epoch  # the epoch's order and augmentations
     load = _loader(split)
     if split.stream is not None:
         # Too large to hold: a seeded shuffle buffer over the fixed-order records; on
@@ -281,7 +281,7 @@ def train_dataset(split, config, epoch, batch, num_batches, skip_batches=0, num_
         records = split.stream().repeat()
         records = records.shuffle(
             min(len(split), 20_000),
-            seed=config.seed * 1_000_003 + epoch,
+            seed=epoch_seed,
             reshuffle_each_iteration=False,
         )
         dataset = records.take(end).enumerate().skip(start)
@@ -293,9 +293,7 @@ def train_dataset(split, config, epoch, batch, num_batches, skip_batches=0, num_
         dataset = tf.data.Dataset.from_tensor_slices((positions, images, split.labels[order]))
 
     def example(position, item, label):
-        seed = tf.stack(
-            [tf.cast(config.seed, tf.int64) * 1_000_003 + epoch, tf.cast(position, tf.int64)]
-        )
+        seed = tf.stack([tf.constant(epoch_seed, tf.int64), tf.cast(position, tf.int64)])
         return augment.train_transform(load(item), seed, config), label
 
     dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
