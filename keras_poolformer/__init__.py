@@ -8,7 +8,7 @@
 Reference: Yu et al., "MetaFormer is Actually What You Need for Vision", CVPR 2022.
 """
 
-from keras_poolformer import layers, porting
+from keras_poolformer import layers, mixers, porting
 from keras_poolformer.analysis import count_macs
 from keras_poolformer.gradcam import gradcam
 from keras_poolformer.imagenet import (
@@ -18,8 +18,16 @@ from keras_poolformer.imagenet import (
     preprocess_input,
 )
 from keras_poolformer.models import (
+    HYBRID_CONFIGS,
+    HYBRIDS,
     MODEL_CONFIGS,
     VARIANTS,
+    MetaFormer,
+    MetaFormerIdS12,
+    MetaFormerPPAAS12,
+    MetaFormerPPFFS12,
+    MetaFormerPPPAS12,
+    MetaFormerPPPFS12,
     PoolFormer,
     PoolFormerM36,
     PoolFormerM48,
@@ -32,8 +40,16 @@ from keras_poolformer.models import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "HYBRIDS",
+    "HYBRID_CONFIGS",
     "MODEL_CONFIGS",
     "VARIANTS",
+    "MetaFormer",
+    "MetaFormerIdS12",
+    "MetaFormerPPAAS12",
+    "MetaFormerPPFFS12",
+    "MetaFormerPPPAS12",
+    "MetaFormerPPPFS12",
     "PoolFormer",
     "PoolFormerM36",
     "PoolFormerM48",
@@ -47,6 +63,7 @@ __all__ = [
     "gradcam",
     "layers",
     "load_image",
+    "mixers",
     "porting",
     "preprocess_input",
 ]

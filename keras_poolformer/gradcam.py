@@ -17,6 +17,27 @@ def _target_layer(model, layer):
     return model.get_layer(layer) if isinstance(layer, str) else layer
 
 
+def _upsampling_matrix(size, cells):
+    """``(size, cells)`` linear-interpolation weights from a feature map's cells to pixels.
+
+    In this architecture (and the official one) every downsampling pads so that cell
+    ``i`` of a stride-``s`` map is centred on pixel ``s * i + 1``: the 7x7 / 4 stem with
+    padding 2 centres cell ``i`` on pixel ``4i + 1``, and each 3x3 / 2 conv with padding 1
+    centres its cell ``j`` on the input's cell ``2j``. A plain image resize would put it at
+    ``s * i + (s - 1) / 2`` instead, nearly half a cell off toward the bottom right
+    (15 pixels at stride 32), so the heat map is sampled at the true centres.
+    """
+    stride = max(1, round(size / cells))
+    position = np.clip((np.arange(size) - 1.0) / stride, 0, cells - 1)
+    low = np.floor(position).astype(int)
+    high = np.minimum(low + 1, cells - 1)
+    frac = position - low
+    weights = np.zeros((size, cells), np.float32)
+    weights[np.arange(size), low] += 1 - frac
+    weights[np.arange(size), high] += frac
+    return weights
+
+
 def _score_output(model):
     """The tensor whose entries are the class scores: the logits when there is a head."""
     try:
@@ -31,7 +52,8 @@ def gradcam(model, images, class_index=None, layer=None):
     For each image: the gradient of the class score (the logit, before any softmax)
     with respect to the feature map of ``layer``, averaged over space, weights the
     channels of that map; their weighted sum, through a ReLU, is resized to the
-    image (bilinear) and scaled to [0, 1].
+    image (linearly, each cell at the pixel its receptive field is centred on) and
+    scaled to [0, 1].
 
     Args:
         model: a classifier built by this package.
@@ -66,8 +88,10 @@ def gradcam(model, images, class_index=None, layer=None):
         score = tf.reduce_sum(tf.gather(scores, chosen, axis=1, batch_dims=1))
     gradients = tape.gradient(score, features)
     weights = tf.reduce_mean(gradients, axis=[1, 2], keepdims=True)
-    cam = tf.nn.relu(tf.reduce_sum(features * weights, axis=-1))[..., None]
-    cam = tf.image.resize(cam, tf.shape(images)[1:3], method="bilinear")[..., 0]
+    cam = tf.nn.relu(tf.reduce_sum(features * weights, axis=-1))
+    rows = _upsampling_matrix(images.shape[1], cam.shape[1])
+    cols = _upsampling_matrix(images.shape[2], cam.shape[2])
+    cam = tf.einsum("yh,bhw,xw->byx", rows, cam, cols)
     low = tf.reduce_min(cam, axis=[1, 2], keepdims=True)
     high = tf.reduce_max(cam, axis=[1, 2], keepdims=True)
     cam = (cam - low) / tf.maximum(high - low, 1e-12)

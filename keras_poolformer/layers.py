@@ -11,8 +11,26 @@ Reference: Yu et al., "MetaFormer is Actually What You Need for Vision", CVPR 20
 import keras
 from keras import ops
 
+from keras_poolformer.mixers import (
+    ACTIVATIONS,
+    Pooling,
+    activate,
+    make_mixer,
+    make_norm,
+    mixer_spec,
+)
+
 PACKAGE = "keras_poolformer"
-_INV_SQRT2 = 0.7071067811865476
+__all__ = [
+    "ConvMlp",
+    "DropPath",
+    "ImageNormalization",
+    "LayerScale",
+    "MetaFormerBlock",
+    "ModifiedLayerNorm",
+    "PoolFormerBlock",
+    "Pooling",
+]
 
 # ImageNet statistics the official models were trained with (RGB, on pixels / 255).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -62,52 +80,24 @@ class ModifiedLayerNorm(keras.layers.GroupNormalization):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class Pooling(keras.layers.Layer):
-    """PoolFormer's token mixer: ``avg_pool(x) - x``.
-
-    Average pooling with stride 1 and "same" padding, where the padding is left
-    out of the average (PyTorch's ``count_include_pad=False``): TensorFlow's
-    ``avg_pool`` with SAME padding divides by the number of valid cells, which is
-    exactly that. The input is subtracted because the block adds its own
-    residual connection around the mixer.
-
-    Args:
-        pool_size: odd window size (3 in every PoolFormer variant). Even sizes
-            would pad asymmetrically and are refused.
-    """
-
-    def __init__(self, pool_size=3, **kwargs):
-        super().__init__(**kwargs)
-        if not isinstance(pool_size, int) or pool_size < 1 or pool_size % 2 == 0:
-            raise ValueError(f"pool_size must be a positive odd integer, got {pool_size!r}.")
-        self.pool_size = pool_size
-
-    def call(self, inputs):
-        pooled = ops.average_pool(
-            inputs, self.pool_size, strides=1, padding="same", data_format="channels_last"
-        )
-        return pooled - inputs
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "pool_size": self.pool_size}
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
 class ConvMlp(keras.layers.Layer):
     """The channel MLP of a MetaFormer block as two 1x1 convolutions.
 
-    ``fc1`` (dim -> hidden_dim), exact (erf) GELU as ``torch.nn.GELU()``, ``fc2``
+    ``fc1`` (dim -> hidden_dim), the activation (exact GELU as ``torch.nn.GELU()``
+    by default; ``"relu"`` or ``"silu"`` for the paper's ablation), ``fc2``
     (hidden_dim -> dim). The official code's dropout is 0 for every variant and is
     left out.
     """
 
-    def __init__(self, hidden_dim, out_dim, **kwargs):
+    def __init__(self, hidden_dim, out_dim, activation="gelu", **kwargs):
         super().__init__(**kwargs)
         self.hidden_dim = int(hidden_dim)
         self.out_dim = int(out_dim)
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}."
+            )
+        self.activation = activation
         self.fc1 = keras.layers.Conv2D(self.hidden_dim, 1, name="fc1", dtype=self.dtype_policy)
         self.fc2 = keras.layers.Conv2D(self.out_dim, 1, name="fc2", dtype=self.dtype_policy)
 
@@ -116,17 +106,16 @@ class ConvMlp(keras.layers.Layer):
         self.fc2.build((*input_shape[:-1], self.hidden_dim))
 
     def call(self, inputs):
-        x = self.fc1(inputs)
-        # Exact GELU, x * Phi(x), written with erf: TensorFlow's own gelu kernel uses
-        # erfc, which ONNX exporters cannot express; both agree to float32 precision.
-        x = 0.5 * x * (1.0 + ops.erf(x * _INV_SQRT2))
-        return self.fc2(x)
+        return self.fc2(activate(self.fc1(inputs), self.activation))
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.out_dim)
 
     def get_config(self):
-        return {**super().get_config(), "hidden_dim": self.hidden_dim, "out_dim": self.out_dim}
+        config = {**super().get_config(), "hidden_dim": self.hidden_dim, "out_dim": self.out_dim}
+        if self.activation != "gelu":  # configs saved before the choice existed stay valid
+            config["activation"] = self.activation
+        return config
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -192,29 +181,42 @@ class DropPath(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class PoolFormerBlock(keras.layers.Layer):
-    """One PoolFormer block (a MetaFormer block with pooling as token mixer).
+class MetaFormerBlock(keras.layers.Layer):
+    """One MetaFormer block: any token mixer, any norm, any MLP activation.
 
     ::
 
-        x = x + drop_path(layer_scale_1 * pooling(norm1(x)))
+        x = x + drop_path(layer_scale_1 * token_mixer(norm1(x)))
         x = x + drop_path(layer_scale_2 * mlp(norm2(x)))
 
     Args:
         dim: channels in and out.
-        pool_size: token-mixer window (3).
+        token_mixer: a mixer name or spec (see :mod:`keras_poolformer.mixers`):
+            ``"identity"``, ``"random"``, ``"pooling"``, ``"dwconv"``,
+            ``"attention"``, ``"spatial_mlp"``, or a dict with ``"type"`` and options.
+        norm: ``"mln"`` (PoolFormer's), ``"layernorm"`` (over channels) or
+            ``"batchnorm"``.
+        activation: the MLP's, ``"gelu"``, ``"relu"`` or ``"silu"``.
         mlp_ratio: hidden channels of the MLP are ``int(dim * mlp_ratio)`` (4).
         layer_scale_init_value: start value of both LayerScale vectors.
         drop_path_rate: stochastic-depth rate of this block (training only).
-        folded: the inference form made by :func:`keras_poolformer.export.fold`:
-            norms without affine and no second LayerScale, their weights merged
-            into the first LayerScale and the two 1x1 convs.
+        folded: the inference form made by :func:`keras_poolformer.export.fold`
+            (pooling mixer and MLN only): norms without affine and no second
+            LayerScale, their weights merged into the first LayerScale and the two
+            1x1 convs.
+
+    Example:
+    >>> block = MetaFormerBlock(64, token_mixer="attention", norm="layernorm")
+    >>> block(keras.ops.ones((2, 14, 14, 64))).shape
+    (2, 14, 14, 64)
     """
 
     def __init__(
         self,
         dim,
-        pool_size=3,
+        token_mixer="pooling",
+        norm="mln",
+        activation="gelu",
         mlp_ratio=4.0,
         layer_scale_init_value=1e-5,
         drop_path_rate=0.0,
@@ -223,19 +225,24 @@ class PoolFormerBlock(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.dim = int(dim)
+        self.mixer = mixer_spec(token_mixer)
+        self.norm = norm
+        self.activation = activation
         self.folded = bool(folded)
-        self.pool_size = pool_size
         self.mlp_ratio = float(mlp_ratio)
         self.layer_scale_init_value = float(layer_scale_init_value)
         self.drop_path_rate = float(drop_path_rate)
+        if self.folded and (self.mixer["type"] != "pooling" or norm != "mln"):
+            raise ValueError("only blocks with a pooling mixer and MLN norms can be folded.")
 
         policy = self.dtype_policy
         affine = not self.folded
-        self.norm1 = ModifiedLayerNorm(name="norm1", dtype=policy, center=affine, scale=affine)
-        self.token_mixer = Pooling(pool_size, name="token_mixer", dtype=policy)
+        self.norm1 = make_norm(norm, "norm1", policy, affine=affine)
+        self.token_mixer = make_mixer(self.mixer, "token_mixer", policy)
         self.layer_scale_1 = LayerScale(layer_scale_init_value, name="layer_scale_1", dtype=policy)
-        self.norm2 = ModifiedLayerNorm(name="norm2", dtype=policy, center=affine, scale=affine)
-        self.mlp = ConvMlp(int(self.dim * self.mlp_ratio), self.dim, name="mlp", dtype=policy)
+        self.norm2 = make_norm(norm, "norm2", policy, affine=affine)
+        hidden = int(self.dim * self.mlp_ratio)
+        self.mlp = ConvMlp(hidden, self.dim, activation, name="mlp", dtype=policy)
         self.layer_scale_2 = None
         if not self.folded:
             self.layer_scale_2 = LayerScale(
@@ -261,9 +268,9 @@ class PoolFormerBlock(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         x = inputs
-        branch = self.layer_scale_1(self.token_mixer(self.norm1(x)))
-        x = x + self.drop_path(branch, training=training)
-        branch = self.mlp(self.norm2(x))
+        mixed = self.token_mixer(self.norm1(x, training=training))
+        x = x + self.drop_path(self.layer_scale_1(mixed), training=training)
+        branch = self.mlp(self.norm2(x, training=training))
         if self.layer_scale_2 is not None:
             branch = self.layer_scale_2(branch)
         return x + self.drop_path(branch, training=training)
@@ -275,12 +282,55 @@ class PoolFormerBlock(keras.layers.Layer):
         return {
             **super().get_config(),
             "dim": self.dim,
-            "pool_size": self.pool_size,
+            "token_mixer": self.mixer,
+            "norm": self.norm,
+            "activation": self.activation,
             "mlp_ratio": self.mlp_ratio,
             "layer_scale_init_value": self.layer_scale_init_value,
             "drop_path_rate": self.drop_path_rate,
             "folded": self.folded,
         }
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PoolFormerBlock(MetaFormerBlock):
+    """One PoolFormer block: a :class:`MetaFormerBlock` with pooling, MLN and GELU.
+
+    Args:
+        dim: channels in and out.
+        pool_size: token-mixer window (3).
+        mlp_ratio, layer_scale_init_value, drop_path_rate, folded: as for
+            :class:`MetaFormerBlock`.
+    """
+
+    def __init__(
+        self,
+        dim,
+        pool_size=3,
+        mlp_ratio=4.0,
+        layer_scale_init_value=1e-5,
+        drop_path_rate=0.0,
+        folded=False,
+        **kwargs,
+    ):
+        super().__init__(
+            dim,
+            token_mixer={"type": "pooling", "pool_size": pool_size},
+            norm="mln",
+            activation="gelu",
+            mlp_ratio=mlp_ratio,
+            layer_scale_init_value=layer_scale_init_value,
+            drop_path_rate=drop_path_rate,
+            folded=folded,
+            **kwargs,
+        )
+        self.pool_size = pool_size
+
+    def get_config(self):
+        config = super().get_config()
+        for key in ("token_mixer", "norm", "activation"):
+            del config[key]
+        return {**config, "pool_size": self.pool_size}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -14,8 +14,13 @@ import os
 
 import keras
 
-from keras_poolformer import porting, pretrained, weights_file
-from keras_poolformer.layers import ImageNormalization, ModifiedLayerNorm, PoolFormerBlock
+from keras_poolformer import mixers, porting, pretrained, weights_file
+from keras_poolformer.layers import (
+    ImageNormalization,
+    MetaFormerBlock,
+    ModifiedLayerNorm,
+    PoolFormerBlock,
+)
 
 # The five variants of the paper (Table 2). `drop_path_rate` and
 # `layer_scale_init_value` are the training recipe's; `crop_pct` is the evaluation
@@ -125,8 +130,9 @@ def PoolFormer(
 ):
     """Builds a PoolFormer of any size; the named variants call this.
 
-    Every argument is checked before anything is built; a bad one raises a
-    ``ValueError`` that names it.
+    A PoolFormer is the :func:`MetaFormer` with pooling in every stage, MLN norms
+    and GELU. Every argument is checked before anything is built; a bad one raises
+    a ``ValueError`` that names it.
 
     Args:
         depths: blocks per stage, four integers.
@@ -164,11 +170,147 @@ def PoolFormer(
     Returns:
         A ``keras.Model``.
     """
+    return MetaFormer(
+        depths,
+        dims,
+        token_mixers={"type": "pooling", "pool_size": pool_size},
+        norm="mln",
+        activation="gelu",
+        mlp_ratio=mlp_ratio,
+        layer_scale_init_value=layer_scale_init_value,
+        include_top=include_top,
+        weights=weights,
+        input_tensor=input_tensor,
+        input_shape=input_shape,
+        pooling=pooling,
+        classes=classes,
+        classifier_activation=classifier_activation,
+        include_preprocessing=include_preprocessing,
+        drop_path_rate=drop_path_rate,
+        name=name,
+    )
+
+
+def _stage_sizes(height, width):
+    """Feature-map sizes of the four stages (stem 7/4 pad 2, then 3/2 pad 1)."""
+    sizes = [((height - 3) // 4 + 1, (width - 3) // 4 + 1)]
+    for _ in range(3):
+        h, w = sizes[-1]
+        sizes.append(((h - 1) // 2 + 1, (w - 1) // 2 + 1))
+    return sizes
+
+
+def _validate_metaformer(token_mixers, norm, activation, position_embeddings, mlp_ratio, dims):
+    """Checks the MetaFormer-specific arguments; returns the four mixer specs."""
+    if isinstance(token_mixers, (str, dict)):
+        token_mixers = [token_mixers] * 4
+    token_mixers = list(token_mixers)
+    if len(token_mixers) != 4:
+        raise ValueError(f"token_mixers needs one mixer per stage (four), got {token_mixers!r}.")
+    specs = [mixers.mixer_spec(m) for m in token_mixers]
+    for stage, (spec, dim) in enumerate(zip(specs, dims, strict=True)):
+        mixers.check_mixer_fits(spec, dim, stage)
+    if norm not in mixers.NORMS:
+        raise ValueError(f"unknown norm {norm!r}; choose one of {', '.join(mixers.NORMS)}.")
+    if activation not in mixers.ACTIVATIONS:
+        raise ValueError(
+            f"unknown activation {activation!r}; choose one of {', '.join(mixers.ACTIVATIONS)}."
+        )
+    if any(s not in (0, 1, 2, 3) for s in position_embeddings):
+        raise ValueError(
+            f"position_embeddings lists stage indices 0-3; got {tuple(position_embeddings)!r}."
+        )
+    if not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
+        raise ValueError(f"mlp_ratio must be a positive number, got {mlp_ratio!r}.")
+    return specs
+
+
+def MetaFormer(
+    depths,
+    dims,
+    token_mixers="pooling",
+    norm="mln",
+    activation="gelu",
+    mlp_ratio=4.0,
+    position_embeddings=(),
+    layer_scale_init_value=1e-5,
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    include_preprocessing=True,
+    drop_path_rate=0.0,
+    name="metaformer",
+):
+    """Builds a MetaFormer: PoolFormer's skeleton with any token mixer per stage.
+
+    The graph is the official ``MetaFormer`` (``models/metaformer.py`` of
+    sail-sg/poolformer): a 7x7/stride-4 stem, four stages of MetaFormer blocks with
+    3x3/stride-2 downsampling between them, optional learned position embeddings
+    added before a stage's first block, the final norm on the last map, global
+    average pooling and the classifier. PoolFormer is
+    ``MetaFormer(token_mixers="pooling", norm="mln", activation="gelu")``.
+
+    Every argument is checked before anything is built; a bad one raises a
+    ``ValueError`` that names it.
+
+    Args:
+        depths: blocks per stage, four integers.
+        dims: channels per stage, four integers.
+        token_mixers: one mixer for all stages, or four (one per stage): names
+            ``"identity"``, ``"random"``, ``"pooling"``, ``"dwconv"``,
+            ``"attention"``, ``"spatial_mlp"``, or dicts with ``"type"`` and options
+            (``{"type": "pooling", "pool_size": 7}``); see
+            :mod:`keras_poolformer.mixers`. ``"random"`` and ``"spatial_mlp"`` need a
+            fixed input size.
+        norm: every norm of the model: ``"mln"`` (PoolFormer's one-group
+            GroupNorm), ``"layernorm"`` (over channels) or ``"batchnorm"``.
+        activation: of every MLP: ``"gelu"``, ``"relu"`` or ``"silu"``.
+        mlp_ratio: MLP hidden channels per input channel.
+        position_embeddings: indices of the stages that add a learned position
+            embedding before their first block (the official hybrids add one
+            before their first attention stage); needs a fixed input size.
+        layer_scale_init_value: start value of the LayerScale vectors.
+        include_top, input_tensor, pooling, classes, classifier_activation,
+            include_preprocessing, drop_path_rate, name: as for :func:`PoolFormer`.
+        weights: ``None`` or a Keras ``.weights.h5`` file (checked against the
+            model before loading); a PoolFormer configuration also takes
+            ``"imagenet"`` and PyTorch checkpoints (see :func:`PoolFormer`).
+        input_shape: ``(height, width, channels)``; defaults to ``(224, 224, 3)``
+            with the top or a fixed-size mixer, else ``(None, None, 3)``.
+
+    Returns:
+        A ``keras.Model``.
+
+    Example:
+    >>> model = keras_poolformer.MetaFormer(
+    ...     depths=(2, 2, 6, 2), dims=(64, 128, 320, 512),
+    ...     token_mixers=["pooling", "pooling", "attention", "attention"],
+    ...     norm="layernorm", position_embeddings=[2])
+    """
     # --- validate everything before building anything -------------------------
     if len(depths) != 4 or len(dims) != 4:
         raise ValueError(f"depths and dims need four stages each, got {depths!r} and {dims!r}.")
     if any(int(d) != d or d < 1 for d in (*depths, *dims)):
         raise ValueError(f"depths and dims must be positive integers, got {depths!r}, {dims!r}.")
+    position_embeddings = tuple(position_embeddings or ())
+    specs = _validate_metaformer(
+        token_mixers, norm, activation, position_embeddings, mlp_ratio, dims
+    )
+    is_poolformer = (
+        all(spec["type"] == "pooling" for spec in specs)
+        and len({spec["pool_size"] for spec in specs}) == 1
+        and norm == "mln"
+        and activation == "gelu"
+        and not position_embeddings
+    )
+    pool_size = specs[0].get("pool_size")
+    fixed_size = bool(position_embeddings) or any(
+        spec["type"] in mixers.FIXED_SIZE_MIXERS for spec in specs
+    )
     if pooling not in POOLING_CHOICES:
         raise ValueError(f"pooling must be one of {POOLING_CHOICES}, got {pooling!r}.")
     if include_top and (not isinstance(classes, int) or classes < 1):
@@ -184,6 +326,14 @@ def PoolFormer(
         raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
     if weights is not None and not isinstance(weights, (str, os.PathLike)):
         raise ValueError(f"weights must be 'imagenet', None or a file path, got {weights!r}.")
+    if weights is not None and not is_poolformer:
+        if not os.fspath(weights).endswith(weights_file.SUFFIX):
+            raise ValueError(
+                f"model '{name}' is not a PoolFormer; it loads only Keras "
+                f"'{weights_file.SUFFIX}' files (no ImageNet or PyTorch weights), got {weights!r}."
+            )
+        if not os.path.isfile(weights):
+            raise ValueError(f"weights file '{weights}' does not exist.")
     if weights == "imagenet":
         if include_top and classes != 1000:
             raise ValueError(
@@ -198,12 +348,19 @@ def PoolFormer(
             )
     if input_tensor is not None and input_shape is None:
         input_shape = tuple(input_tensor.shape[1:])
+    if input_shape is None and fixed_size:
+        input_shape = (DEFAULT_SIZE, DEFAULT_SIZE, 3)
     input_shape = _validate_input_shape(input_shape, include_top, include_preprocessing)
     if weights == "imagenet" and input_shape[-1] != 3:
         raise ValueError(f"ImageNet weights take RGB images; input_shape {input_shape} is not.")
+    if fixed_size and None in input_shape[:2]:
+        raise ValueError(
+            f"model '{name}' has position embeddings or a random / spatial-MLP mixer, which "
+            f"need a fixed number of tokens; give input_shape a fixed size, got {input_shape}."
+        )
 
     state = None  # an official-layout state dict, when weights is a PyTorch checkpoint
-    if weights is not None:
+    if weights is not None and is_poolformer:
         expected = porting.official_shapes(
             depths, dims, mlp_ratio, classes if include_top else None, input_shape[-1]
         )
@@ -233,25 +390,34 @@ def PoolFormer(
     # Stochastic depth grows linearly over all blocks: block k of N gets rate * k / (N - 1).
     total = sum(depths)
     block_index = 0
-    for s, (depth, dim) in enumerate(zip(depths, dims, strict=True)):
+    for s, (depth, dim, spec) in enumerate(zip(depths, dims, specs, strict=True)):
         if s > 0:
             x = keras.layers.ZeroPadding2D(1, name=f"downsample{s}_pad")(x)
             x = keras.layers.Conv2D(dim, 3, strides=2, name=f"downsample{s}")(x)
+        if s in position_embeddings:
+            x = mixers.PositionEmbedding(name=f"stage{s}_pos_embed")(x)
         for j in range(depth):
             rate = drop_path_rate * block_index / (total - 1) if total > 1 else 0.0
-            x = PoolFormerBlock(
-                dim,
-                pool_size=pool_size,
-                mlp_ratio=mlp_ratio,
-                layer_scale_init_value=layer_scale_init_value,
-                drop_path_rate=rate,
-                name=f"stage{s}_block{j}",
-            )(x)
+            common = {
+                "mlp_ratio": mlp_ratio,
+                "layer_scale_init_value": layer_scale_init_value,
+                "drop_path_rate": rate,
+                "name": f"stage{s}_block{j}",
+            }
+            if is_poolformer:
+                block = PoolFormerBlock(dim, pool_size=pool_size, **common)
+            else:
+                if spec["type"] == "random":  # every block its own frozen matrix
+                    spec = {**spec, "seed": spec["seed"] + block_index}
+                block = MetaFormerBlock(
+                    dim, token_mixer=spec, norm=norm, activation=activation, **common
+                )
+            x = block(x)
             block_index += 1
 
     # The original normalises the 7x7 map and pools after (timm later moved this
     # norm after the pooling; that is a different model).
-    x = ModifiedLayerNorm(name="norm")(x)
+    x = mixers.make_norm(norm, "norm")(x)
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = keras.layers.Dense(classes, name="head")(x)
@@ -271,7 +437,10 @@ def PoolFormer(
 
     if state is not None:
         porting.load_state_dict(model, state)
+    elif weights is not None and is_poolformer:
+        weights_file.load(model, weights)
     elif weights is not None:
+        weights_file.check_against_model(weights, model)
         weights_file.load(model, weights)
     return model
 
@@ -437,4 +606,154 @@ VARIANTS = {
     "s36": PoolFormerS36,
     "m36": PoolFormerM36,
     "m48": PoolFormerM48,
+}
+
+# The official MetaFormer models of sail-sg/poolformer's ``models/metaformer.py``, all of
+# S12's size (depths 2/2/6/2, dims 64/128/320/512): the identity-mixer baseline of the
+# paper's Table 5 and the hybrids of its Table 6. As in the official code, the attention
+# hybrids use LayerNorm over channels and a position embedding before their first
+# attention stage; the others keep MLN. ``params`` is worked out in tests/test_models.py.
+HYBRID_CONFIGS = {
+    "id_s12": {
+        "token_mixers": ("identity",) * 4,
+        "norm": "mln",
+        "position_embeddings": (),
+        "crop_pct": 0.9,
+        "params": 11_915_176,
+    },
+    "pppa_s12": {
+        "token_mixers": ("pooling", "pooling", "pooling", "attention"),
+        "norm": "layernorm",
+        "position_embeddings": (3,),
+        "crop_pct": 0.95,
+        "params": 14_038_440,
+    },
+    "ppaa_s12": {
+        "token_mixers": ("pooling", "pooling", "attention", "attention"),
+        "norm": "layernorm",
+        "position_embeddings": (2,),
+        "crop_pct": 0.95,
+        "params": 16_535_592,
+    },
+    "pppf_s12": {
+        "token_mixers": ("pooling", "pooling", "pooling", "spatial_mlp"),
+        "norm": "mln",
+        "position_embeddings": (),
+        "crop_pct": 0.9,
+        "params": 11_919_978,
+    },
+    "ppff_s12": {
+        "token_mixers": ("pooling", "pooling", "spatial_mlp", "spatial_mlp"),
+        "norm": "mln",
+        "position_embeddings": (),
+        "crop_pct": 0.95,
+        "params": 12_150_474,
+    },
+}
+_HYBRID_NAMES = {
+    "id_s12": "MetaFormerIdS12",
+    "pppa_s12": "MetaFormerPPPAS12",
+    "ppaa_s12": "MetaFormerPPAAS12",
+    "pppf_s12": "MetaFormerPPPFS12",
+    "ppff_s12": "MetaFormerPPFFS12",
+}
+_MIXER_WORDS = {
+    "identity": "Identity",
+    "pooling": "Pool",
+    "attention": "Attention",
+    "spatial_mlp": "SpatialFC",
+}
+
+_HYBRID_DOCSTRING = """The official MetaFormer {title}, S12 size ({params:,} parameters).
+
+Token mixers per stage: [{mixers}]; norm: {norm}{pos}. Built like
+``metaformer_{key}`` of sail-sg/poolformer's ``models/metaformer.py``; see
+:func:`keras_poolformer.MetaFormer`. Its training recipe is the ``{key}`` config of
+``keras_poolformer.training`` (batch 1024, peak lr 1e-3).
+
+No pretrained weights are provided for these models (``weights`` is ``None`` or a
+``.weights.h5`` file). {fixed}
+
+Args:
+    include_top, weights, input_tensor, input_shape, pooling, classes,
+    classifier_activation, include_preprocessing, drop_path_rate, name: as for
+    :func:`keras_poolformer.PoolFormerS12`.
+
+Returns:
+    A ``keras.Model``.
+
+Example:
+>>> model = keras_poolformer.{name}(classes=10, classifier_activation=None)
+"""
+
+
+def _hybrid(key):
+    config = HYBRID_CONFIGS[key]
+
+    def constructor(
+        include_top=True,
+        weights=None,
+        input_tensor=None,
+        input_shape=None,
+        pooling=None,
+        classes=1000,
+        classifier_activation="softmax",
+        include_preprocessing=True,
+        drop_path_rate=0.0,
+        name=f"metaformer_{key}",
+    ):
+        return MetaFormer(
+            depths=MODEL_CONFIGS["s12"]["depths"],
+            dims=MODEL_CONFIGS["s12"]["dims"],
+            token_mixers=config["token_mixers"],
+            norm=config["norm"],
+            position_embeddings=config["position_embeddings"],
+            layer_scale_init_value=1e-5,
+            include_top=include_top,
+            weights=weights,
+            input_tensor=input_tensor,
+            input_shape=input_shape,
+            pooling=pooling,
+            classes=classes,
+            classifier_activation=classifier_activation,
+            include_preprocessing=include_preprocessing,
+            drop_path_rate=drop_path_rate,
+            name=name,
+        )
+
+    fixed = any(m in mixers.FIXED_SIZE_MIXERS for m in config["token_mixers"])
+    constructor.__name__ = constructor.__qualname__ = _HYBRID_NAMES[key]
+    constructor.__doc__ = _HYBRID_DOCSTRING.format(
+        title="identity model" if key == "id_s12" else f"hybrid {key[:4].upper()}",
+        params=config["params"],
+        mixers=", ".join(_MIXER_WORDS[m] for m in config["token_mixers"]),
+        norm={"mln": "MLN", "layernorm": "LayerNorm"}[config["norm"]],
+        pos=(
+            ", a learned position embedding before the first attention stage"
+            if config["position_embeddings"]
+            else ""
+        ),
+        key=key,
+        name=_HYBRID_NAMES[key],
+        fixed=(
+            "Its position embedding or spatial MLP fixes the input size (224x224 by default)."
+            if fixed or config["position_embeddings"]
+            else "It takes any input size of at least 32 pixels."
+        ),
+    )
+    return constructor
+
+
+MetaFormerIdS12 = _hybrid("id_s12")
+MetaFormerPPPAS12 = _hybrid("pppa_s12")
+MetaFormerPPAAS12 = _hybrid("ppaa_s12")
+MetaFormerPPPFS12 = _hybrid("pppf_s12")
+MetaFormerPPFFS12 = _hybrid("ppff_s12")
+
+HYBRIDS = {
+    "id_s12": MetaFormerIdS12,
+    "pppa_s12": MetaFormerPPPAS12,
+    "ppaa_s12": MetaFormerPPAAS12,
+    "pppf_s12": MetaFormerPPPFS12,
+    "ppff_s12": MetaFormerPPFFS12,
 }

@@ -153,6 +153,14 @@ def keras_targets(model):
         elif m := _DOWNSAMPLE_NAME.match(name):
             conv(f"network.{2 * int(m[1]) - 1}.proj", layer)
         elif m := _BLOCK_NAME.match(name):
+            from keras_poolformer.layers import PoolFormerBlock
+
+            if not isinstance(layer, PoolFormerBlock):
+                raise ValueError(
+                    f"'{model.name}' is a MetaFormer with {layer.mixer['type']} mixers or "
+                    f"{layer.norm} norms, not a PoolFormer: the official PoolFormer layout "
+                    "does not describe it. Save and load its weights with Keras instead."
+                )
             if layer.folded:
                 raise ValueError(
                     f"'{model.name}' is folded for inference: its merged weights have no "

@@ -117,3 +117,25 @@ def load(model, path):
     """Loads a checked ``.weights.h5`` into ``model`` (a classifier's head is left
     out when ``model`` has none)."""
     model.load_weights(os.fspath(path))
+
+
+def check_against_model(path, model):
+    """Raises ``ValueError`` unless the ``.weights.h5`` at ``path`` holds exactly the
+    tensor shapes of the built ``model`` (for architectures with no official
+    layout: MetaFormers other than PoolFormer). Run before loading, so that a model
+    is never left half-loaded. A classifier in the file is allowed when ``model``
+    has none."""
+    in_file = collections.Counter(read_shapes(path).values())
+    needed = collections.Counter(tuple(w.shape) for w in model.weights)
+    extra = in_file - needed
+    has_head = any(layer.name == "head" for layer in model.layers)
+    if not has_head:
+        head = collections.Counter(
+            s for p, s in read_shapes(path).items() if p.startswith(_HEAD_PREFIX)
+        )
+        extra -= head
+    if needed - in_file or extra:
+        raise ValueError(
+            f"weights file '{path}' does not fit model '{model.name}': the file holds "
+            f"{_describe(in_file)}, the model needs {_describe(needed)}."
+        )

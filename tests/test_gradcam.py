@@ -1,9 +1,7 @@
-"""Grad-CAM: shapes, ranges, class choice, and the PNG overlays people look at.
+"""Grad-CAM: shapes, ranges, class choice, registration, the PNG overlays people look at,
+and that the maps honestly localise what decides the class."""
 
-The issue's localisation test (the peak in the bright square's quadrant for 90% of
-held-out images) is not here yet: see the closing note of the session that added this.
-"""
-
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -11,6 +9,8 @@ from conftest import TINY
 
 import keras_poolformer as kp
 from keras_poolformer.gradcam import save_overlay
+from keras_poolformer.models import stage_output_layers
+from keras_poolformer.training.data import synthetic_images
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +72,81 @@ def test_gradcam_command_writes_an_overlay_per_image(tmp_path, capsys):
     ]
     for png in written:
         assert tf.io.decode_png(png.read_bytes()).shape[-1] in (3, 4)
+
+
+def test_each_cell_is_drawn_where_its_receptive_field_is_centred():
+    """The stem (7x7 / 4, padding 2) and the 3x3 / 2 downsamplings (padding 1) centre
+    cell i of a stride-s map on pixel s * i + 1. Measured here from the gradient: the
+    input pixels that reach cell (3, 3) of the last map span rows and columns
+    97 +- 31; the heat map of that cell alone must peak there too."""
+    model = kp.MetaFormer(  # per-token norms and no mixing: only the convs reach out
+        **TINY, token_mixers="identity", norm="layernorm", input_shape=(224, 224, 3), classes=4
+    )
+    features = keras.Model(model.input, stage_output_layers(model)[-1].output)
+    images = tf.convert_to_tensor(np.full((1, 224, 224, 3), 128.0, np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(images)
+        cell = tf.reduce_sum(features(images)[0, 3, 3])
+    reach = np.abs(tape.gradient(cell, images).numpy()[0]).sum(-1) > 0
+    rows, cols = np.nonzero(reach.any(1))[0], np.nonzero(reach.any(0))[0]
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (66, 128, 66, 128)
+
+    from keras_poolformer.gradcam import _upsampling_matrix
+
+    one_hot = np.zeros((7, 7), np.float32)
+    one_hot[3, 3] = 1.0
+    drawn = _upsampling_matrix(224, 7) @ one_hot @ _upsampling_matrix(224, 7).T
+    assert np.unravel_index(drawn.argmax(), drawn.shape) == (97, 97)
+
+
+@pytest.mark.slow
+def test_gradcam_peak_falls_in_the_quadrant_that_decides_the_class():
+    """A small MetaFormer learns the synthetic task whose class is only the quadrant of a
+    bright square; its Grad-CAM peak (default layer: the last stage) must fall in that
+    quadrant for at least 90% of 200 held-out images.
+
+    Why this MetaFormer: the class is an absolute position. A network without position
+    embeddings can read absolute position only from the zero padding at the borders, and
+    that is where a PoolFormer trained on this task puts its evidence (measured: peaks in
+    the right quadrant for 25-30% of images at 64-128 px, chance, at 100% accuracy). With
+    a learned position embedding before every stage, the square's own tokens know where
+    they are; identity mixers keep each token's evidence local, and LayerNorm over
+    channels does not mix positions as MLN's whole-map statistics do (with MLN, or with
+    one embedding at the stem only, 75-94% depending on the seed). 160 px gives a 5x5
+    last map whose cell centres (1, 33, 65, 97, 129) lie clear of the quadrant line at 80.
+    Measured with four seeds: 100% accuracy, peak in the right quadrant for 93.5-100%
+    of images (98.5% with the seed used here).
+    """
+    size, steps, batch = 160, 600, 32
+    keras.utils.set_random_seed(0)
+    model = kp.MetaFormer(
+        depths=(1, 1, 2, 1),
+        dims=(16, 32, 48, 64),
+        token_mixers="identity",
+        norm="layernorm",
+        position_embeddings=(0, 1, 2, 3),
+        input_shape=(size, size, 3),
+        classes=4,
+        classifier_activation=None,
+    )
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, steps, warmup_target=2e-3, warmup_steps=steps // 10
+    )
+    model.compile(
+        keras.optimizers.AdamW(schedule, weight_decay=0.05),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    for step in range(steps):  # fresh images every step; memory stays small
+        images, labels = synthetic_images(batch, seed=1000 + step, size=size)
+        model.train_on_batch(images.astype(np.float32), labels)
+
+    held_out, truth = synthetic_images(200, seed=7, size=size)
+    accuracy = np.mean(model.predict(held_out.astype(np.float32), verbose=0).argmax(1) == truth)
+    maps, _ = kp.gradcam(model, held_out)
+    assert maps.shape == (200, size, size) and maps.min() >= 0 and maps.max() <= 1
+    peaks = np.array([np.unravel_index(m.argmax(), m.shape) for m in maps])
+    quadrant = (peaks[:, 0] >= size // 2) * 2 + (peaks[:, 1] >= size // 2)
+    hit_rate = np.mean(quadrant == truth)
+    print(f"accuracy {accuracy:.3f}, Grad-CAM peak in the right quadrant {hit_rate:.3f}")
+    assert accuracy >= 0.95
+    assert hit_rate >= 0.9

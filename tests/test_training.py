@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import keras_poolformer as kp
 from keras_poolformer.training import augment, configs, data, trainer
 
 FULL_AUG = configs.get_config("demo").replace(
@@ -516,3 +517,33 @@ def test_tfds_dataset_trains_streamed_and_resumes_exactly(tmp_path):
     assert 0.0 <= metrics["val_top1"] <= 1.0
     with pytest.raises(ValueError, match="has no split 'nope'"):
         data.load_source("tfds:tiny_quadrants:nope", data_dir=str(tmp_path / "tfds"))
+
+
+def test_hybrid_configs_carry_their_recipe_and_train(tmp_path):
+    """The official hybrids' recipe (batch 1024, peak lr 1e-3; LayerNorm for the attention
+    hybrids, as the official code builds them), and a MetaFormer ablation set from the
+    command line, each trains a few steps through the ordinary trainer and resumes."""
+    for key in kp.HYBRID_CONFIGS:
+        config = configs.get_config(key)
+        assert (config.batch_size, config.peak_lr) == (1024, 1e-3)
+        assert config.token_mixers == kp.HYBRID_CONFIGS[key]["token_mixers"]
+        assert config.norm == ("layernorm" if "a" in key.split("_")[0] else "mln")
+    config = configs.get_config("ppaa_s12", ["batch_size=8", "image_size=64"], smoke_run=True)
+    metrics = trainer.train(config, "synthetic", str(tmp_path / "ppaa"), log=lambda *a: None)
+    assert np.isfinite(metrics["train_loss"])
+    _, _, model, _ = trainer.load_run(str(tmp_path / "ppaa"))
+    assert model.get_layer("stage2_block0").mixer["type"] == "attention"
+    assert model.get_layer("stage2_pos_embed").embedding.shape == (4, 4, 320)
+
+    ablation = [
+        "token_mixers=identity,random,dwconv,spatial_mlp",
+        "norm=batchnorm",
+        "activation=silu",
+    ]
+    config = configs.get_config("demo", ablation, smoke_run=True)
+    trainer.train(config, "synthetic", str(tmp_path / "ablation"), log=lambda *a: None)
+    _, _, model, _ = trainer.load_run(str(tmp_path / "ablation"))
+    kinds = [model.get_layer(f"stage{s}_block0").mixer["type"] for s in range(4)]
+    assert kinds == ["identity", "random", "dwconv", "spatial_mlp"]
+    with pytest.raises(ValueError, match="unknown token mixer 'conv'"):
+        trainer.build_model(configs.get_config("demo", ["token_mixers=conv"]), 4)

@@ -13,16 +13,21 @@ can be overridden on the command line (``epochs=100 batch_size=256``).
 
 import dataclasses
 
-from keras_poolformer.models import MODEL_CONFIGS
+from keras_poolformer.models import HYBRID_CONFIGS, MODEL_CONFIGS
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     """One experiment. The docstring of each registered config says how it was run."""
 
-    model: str = "s12"  # a variant, or "custom" with depths/dims below
+    model: str = "s12"  # a variant, a hybrid (ppaa_s12...), or "custom" with depths/dims below
     depths: tuple = ()
     dims: tuple = ()
+    # The MetaFormer's parts (keras_poolformer.MetaFormer); the defaults make a PoolFormer.
+    token_mixers: tuple = ("pooling",) * 4  # one per stage, or one for all
+    norm: str = "mln"
+    activation: str = "gelu"
+    position_embeddings: tuple = ()  # stage indices
     image_size: int = 224
     crop_pct: float = 0.9  # evaluation crop
     epochs: int = 300
@@ -85,6 +90,34 @@ def variant_config(variant, **changes):
 
 
 CONFIGS = {key: variant_config(key) for key in MODEL_CONFIGS}
+
+
+def hybrid_config(key, **changes):
+    """The recipe of the official MetaFormer hybrids and identity model (design.md
+    section 5): batch 1024 at peak lr 1e-3, S12's drop path and LayerScale, the rest of
+    Table 1. Their norm is the official code's: LayerNorm for the attention hybrids,
+    MLN for the others."""
+    table = HYBRID_CONFIGS[key]
+    note = (
+        f"keras-poolformer train --config {key} --data tfds:imagenet2012 --data-dir DIR "
+        f"--output runs/{key}. Not run by this project yet (300 epochs of ImageNet)."
+    )
+    changes.setdefault("note", note)
+    return Config(
+        model=key,
+        token_mixers=table["token_mixers"],
+        norm=table["norm"],
+        position_embeddings=table["position_embeddings"],
+        crop_pct=table["crop_pct"],
+        batch_size=1024,
+        lr_per_1024=1e-3,
+        drop_path_rate=MODEL_CONFIGS["s12"]["drop_path_rate"],
+        layer_scale_init_value=MODEL_CONFIGS["s12"]["layer_scale_init_value"],
+        **changes,
+    )
+
+
+CONFIGS.update({key: hybrid_config(key) for key in HYBRID_CONFIGS})
 
 # Fine-tuning an ImageNet PoolFormer on a new dataset (use with --init imagenet):
 # a short schedule at a tenth of the lr, the same augmentation.
@@ -208,6 +241,9 @@ def get_config(name, overrides=(), smoke_run=False):
         raise ValueError(
             f"batch_size {config.batch_size} is not divisible by accum_steps {config.accum_steps}."
         )
-    if config.model != "custom" and config.model not in MODEL_CONFIGS:
-        raise ValueError(f"unknown model {config.model!r}; use a variant or 'custom'.")
+    if config.model != "custom" and config.model not in {**MODEL_CONFIGS, **HYBRID_CONFIGS}:
+        raise ValueError(
+            f"unknown model {config.model!r}; use a variant "
+            f"({', '.join(MODEL_CONFIGS)}), a hybrid ({', '.join(HYBRID_CONFIGS)}) or 'custom'."
+        )
     return config

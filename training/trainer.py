@@ -151,18 +151,27 @@ def build_model(config, num_classes, init=None):
     if config.model == "custom":
         depths, dims = config.depths, config.dims
     else:
-        depths, dims = (
-            kp.MODEL_CONFIGS[config.model]["depths"],
-            kp.MODEL_CONFIGS[config.model]["dims"],
-        )
+        table = kp.MODEL_CONFIGS.get(config.model, kp.MODEL_CONFIGS["s12"])  # hybrids: S12
+        depths, dims = table["depths"], table["dims"]
+    mixers = config.token_mixers[0] if len(config.token_mixers) == 1 else config.token_mixers
+    poolformer = (
+        config.norm == "mln"
+        and config.activation == "gelu"
+        and not config.position_embeddings
+        and set(config.token_mixers) == {"pooling"}
+    )
     common = {
         "depths": depths,
         "dims": dims,
+        "token_mixers": mixers,
+        "norm": config.norm,
+        "activation": config.activation,
+        "position_embeddings": config.position_embeddings,
         "layer_scale_init_value": config.layer_scale_init_value,
         "input_shape": (config.image_size, config.image_size, 3),
-        "name": f"poolformer_{config.model}",
+        "name": f"{'poolformer' if poolformer else 'metaformer'}_{config.model}",
     }
-    model = kp.PoolFormer(
+    model = kp.MetaFormer(
         **common,
         classes=num_classes,
         classifier_activation=None,
@@ -170,7 +179,11 @@ def build_model(config, num_classes, init=None):
         weights=None,
     )
     if init:
-        donor = kp.PoolFormer(**common, include_top=False, weights=init)
+        if not poolformer:
+            raise ValueError(
+                "--init loads PoolFormer weights; this config's model is another MetaFormer."
+            )
+        donor = kp.MetaFormer(**common, include_top=False, weights=init)
         state = kp.porting.export_state_dict(donor)
         fresh_head = kp.porting.export_state_dict(model)
         state.update({k: v for k, v in fresh_head.items() if k.startswith("head.")})
