@@ -191,15 +191,6 @@ def PoolFormer(
     )
 
 
-def _stage_sizes(height, width):
-    """Feature-map sizes of the four stages (stem 7/4 pad 2, then 3/2 pad 1)."""
-    sizes = [((height - 3) // 4 + 1, (width - 3) // 4 + 1)]
-    for _ in range(3):
-        h, w = sizes[-1]
-        sizes.append(((h - 1) // 2 + 1, (w - 1) // 2 + 1))
-    return sizes
-
-
 def _validate_metaformer(token_mixers, norm, activation, position_embeddings, mlp_ratio, dims):
     """Checks the MetaFormer-specific arguments; returns the four mixer specs."""
     if isinstance(token_mixers, (str, dict)):
