@@ -209,10 +209,12 @@ def load_saved_model(settings):
 def load_tflite(settings, kind):
     """Our TFLite file on the LiteRT interpreter, one interpreter resized per batch size.
 
-    Quantized inputs and outputs are handled as ``keras_poolformer.export.run_tflite``
-    does, inside the timed call.
+    Quantized inputs and outputs are handled by ``keras_poolformer.export.invoke_tflite``
+    (as in ``run_tflite``), inside the timed call.
     """
     from ai_edge_litert.interpreter import Interpreter
+
+    from keras_poolformer.export import invoke_tflite
 
     interpreters = {}
 
@@ -228,19 +230,7 @@ def load_tflite(settings, kind):
         return interpreters[batch]
 
     def predict(images):
-        interpreter = interpreter_for(len(images))
-        (source,), (target,) = interpreter.get_input_details(), interpreter.get_output_details()
-        x = images
-        if source["dtype"] != np.float32:
-            scale, zero = source["quantization"]
-            x = np.clip(np.round(images / scale + zero), 0, 255).astype(source["dtype"])
-        interpreter.set_tensor(source["index"], x)
-        interpreter.invoke()
-        y = interpreter.get_tensor(target["index"]).astype(np.float32)
-        if target["dtype"] != np.float32:
-            scale, zero = target["quantization"]
-            y = (y - zero) * scale
-        return y
+        return invoke_tflite(interpreter_for(len(images)), images)
 
     return predict
 

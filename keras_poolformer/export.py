@@ -273,29 +273,33 @@ def _convert(converter, quantize, calibration_images):
     return converter.convert()
 
 
+def invoke_tflite(interpreter, batch):
+    """Float32 outputs of an allocated LiteRT ``interpreter`` on a float32 ``batch``
+    (0..255) shaped like its input; quantized inputs and outputs are handled."""
+    (source,) = interpreter.get_input_details()
+    (target,) = interpreter.get_output_details()
+    x = batch
+    if source["dtype"] != np.float32:
+        scale, zero = source["quantization"]
+        x = np.clip(np.round(x / scale + zero), 0, 255).astype(source["dtype"])
+    interpreter.set_tensor(source["index"], x)
+    interpreter.invoke()
+    y = interpreter.get_tensor(target["index"]).astype(np.float32)
+    if target["dtype"] != np.float32:
+        scale, zero = target["quantization"]
+        y = (y - zero) * scale
+    return y
+
+
 def run_tflite(path, images):
     """Logits of a TFLite file from :func:`export_tflite` on float32 images (0..255),
-    run with the LiteRT interpreter; quantized inputs and outputs are handled."""
+    run with the LiteRT interpreter one image at a time."""
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=os.fspath(path))
     interpreter.allocate_tensors()
-    (source,) = interpreter.get_input_details()
-    (target,) = interpreter.get_output_details()
-    outputs = []
-    for image in np.asarray(images, np.float32):
-        x = image[None]
-        if source["dtype"] != np.float32:
-            scale, zero = source["quantization"]
-            x = np.clip(np.round(x / scale + zero), 0, 255).astype(source["dtype"])
-        interpreter.set_tensor(source["index"], x)
-        interpreter.invoke()
-        y = interpreter.get_tensor(target["index"]).astype(np.float32)
-        if target["dtype"] != np.float32:
-            scale, zero = target["quantization"]
-            y = (y - zero) * scale
-        outputs.append(y[0])
-    return np.stack(outputs)
+    images = np.asarray(images, np.float32)
+    return np.stack([invoke_tflite(interpreter, image[None])[0] for image in images])
 
 
 # --- ONNX --------------------------------------------------------------------------------
