@@ -37,6 +37,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def _sample_mean(x):
+    """The mean of each sample of ``(batch, height, width, channels)`` over all three
+    axes, shaped ``(batch, 1, 1, 1)``: over height and width, then over channels."""
+    return ops.mean(ops.mean(x, axis=(1, 2), keepdims=True), axis=3, keepdims=True)
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class ModifiedLayerNorm(keras.layers.GroupNormalization):
     """The "Modified Layer Norm" (MLN) of PoolFormer: one-group GroupNorm.
@@ -49,8 +55,13 @@ class ModifiedLayerNorm(keras.layers.GroupNormalization):
     The epsilon is PyTorch's GroupNorm default, 1e-5. Keras' GroupNormalization
     default (1e-3) gives visibly different outputs on trained weights.
 
-    With a single group no reshape into groups is needed, so the statistics are
-    computed straight over axes (1, 2, 3), in float32 even under mixed precision.
+    With a single group no reshape into groups is needed. The statistics are
+    computed in float32 even under mixed precision, each as a mean over height and
+    width followed by a mean over channels (the same number: every channel has as
+    many pixels), and the variance as the mean of the centred values times
+    themselves. Written so, every step is an operation that int8 TFLite runs inside
+    its XNNPACK delegate; one mean over three axes and ``SQUARED_DIFFERENCE`` are
+    not, and left the int8 S12 2.7x slower.
 
     Example:
     >>> norm = ModifiedLayerNorm()
@@ -70,8 +81,8 @@ class ModifiedLayerNorm(keras.layers.GroupNormalization):
 
     def call(self, inputs):
         x = ops.cast(inputs, "float32")
-        mean, variance = ops.moments(x, axes=[1, 2, 3], keepdims=True)
-        x = (x - mean) * ops.rsqrt(variance + self.epsilon)
+        centred = x - _sample_mean(x)
+        x = centred * ops.rsqrt(_sample_mean(centred * centred) + self.epsilon)
         if self.scale:
             x = x * ops.cast(self.gamma, "float32")
         if self.center:
