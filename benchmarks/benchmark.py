@@ -4,11 +4,14 @@
     python benchmarks/benchmark.py --quick     # smoke run of every part: about 4 minutes
     python benchmarks/benchmark.py --output DIR --threads 2 --phases inference --no-spin
 
-What it measures, on PoolFormer-S12 at 224x224 with random weights (speed does not
-depend on the values):
+What it measures, on PoolFormer-S12 at 224x224 with seeded random weights (speed does
+not depend on the values; ``--weights`` takes real ones, e.g. ``imagenet`` or a
+checkpoint file, which makes the int8 agreement meaningful):
 
 1. Inference images/s at batch 1 and 32 of each contender in ``CONTENDERS``: our Keras
-   model through a ``tf.function`` (graph mode, and with XLA), our SavedModel's
+   model through a ``tf.function`` (graph mode as built, graph mode after
+   ``export.fold``, and XLA), and the files ``keras-poolformer export`` writes (folded,
+   its default): our SavedModel's
    ``predict_pixels`` signature, our TFLite fp32 and int8 files on the LiteRT
    interpreter, our ONNX file on onnxruntime, the PyTorch reference (transformers'
    ``PoolFormerForImageClassification``) eager under ``torch.inference_mode()``, and the
@@ -186,14 +189,16 @@ def configured_torch(settings):
     return torch
 
 
-def load_keras(settings, jit_compile=False, variant="s12", size=SIZE, ported=True):
-    """Our Keras model's logits through a ``tf.function`` (optionally XLA-compiled)."""
+def load_keras(settings, jit_compile=False, folded=False, variant="s12", size=SIZE, ported=True):
+    """Our Keras model's logits through a ``tf.function`` (optionally XLA-compiled, or
+    after ``export.fold``)."""
     tf = configured_tensorflow(settings)
     import keras_poolformer as kp
-    from keras_poolformer.export import logits_model
+    from keras_poolformer.export import fold, logits_model
 
     weights = settings.artifact("weights") if ported else None
-    model = logits_model(kp.VARIANTS[variant](weights=weights, input_shape=(size, size, 3)))
+    model = kp.VARIANTS[variant](weights=weights, input_shape=(size, size, 3))
+    model = logits_model(fold(model) if folded else model)
     forward = tf.function(lambda images: model(images, training=False), jit_compile=jit_compile)
     return lambda images: forward(tf.convert_to_tensor(images)).numpy()
 
@@ -209,12 +214,19 @@ def load_saved_model(settings):
 def load_tflite(settings, kind):
     """Our TFLite file on the LiteRT interpreter, one interpreter resized per batch size.
 
-    Quantized inputs and outputs are handled by ``keras_poolformer.export.invoke_tflite``
-    (as in ``run_tflite``), inside the timed call.
+    Quantized inputs and outputs are handled by ``keras_poolformer.tflite_io`` (as in
+    ``export.run_tflite``), inside the timed call. That module is loaded from its file:
+    importing it through the package would import TensorFlow, and its memory would count
+    against LiteRT.
     """
+    import importlib.util
+
     from ai_edge_litert.interpreter import Interpreter
 
-    from keras_poolformer.export import invoke_tflite
+    path = HERE.parent / "keras_poolformer" / "tflite_io.py"
+    spec = importlib.util.spec_from_file_location("tflite_io", path)
+    tflite_io = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tflite_io)
 
     interpreters = {}
 
@@ -230,7 +242,7 @@ def load_tflite(settings, kind):
         return interpreters[batch]
 
     def predict(images):
-        return invoke_tflite(interpreter_for(len(images)), images)
+        return tflite_io.invoke_tflite(interpreter_for(len(images)), images)
 
     return predict
 
@@ -340,6 +352,7 @@ class Contender:
 
 CONTENDERS = (
     Contender("keras", "Keras, tf.function graph", load_keras),
+    Contender("keras_folded", "Keras, tf.function graph, folded", partial(load_keras, folded=True)),
     Contender("keras_xla", "Keras, tf.function XLA", partial(load_keras, jit_compile=True)),
     Contender("saved_model", "our SavedModel (predict_pixels)", load_saved_model),
     Contender("tflite_fp32", "our TFLite fp32, LiteRT", partial(load_tflite, kind="tflite_fp32")),
@@ -593,8 +606,12 @@ def _export_reference_onnx(module, path):
     return "torch.onnx.export(dynamo=False): the TorchScript exporter, as onnxscript is missing"
 
 
-def prepare(mode, settings, images_folder):
+def prepare(mode, settings, images_folder, weights=None):
     """Builds the S12 every contender runs and writes its artifacts into the work folder.
+
+    ``weights``: anything ``PoolFormerS12(weights=...)`` takes; seeded random weights if
+    ``None``. The SavedModel, TFLite and ONNX files are written from the folded model,
+    as ``keras-poolformer export`` writes them by default.
 
     Returns what the report needs to know about them: sizes and export times, where the
     check and calibration images came from, the MACs of the scaling models.
@@ -609,8 +626,9 @@ def prepare(mode, settings, images_folder):
 
     work = Path(settings.workdir)
     keras.utils.set_random_seed(SEED)
-    model = kp.PoolFormerS12(weights=None)
+    model = kp.PoolFormerS12(weights=weights)
     model.save_weights(settings.artifact("weights"))
+    deployed = export.fold(model)
 
     check = _images(images_folder, 0, mode.check_images)
     calibration = _images(images_folder, mode.check_images, mode.calibration_images)
@@ -632,15 +650,15 @@ def prepare(mode, settings, images_folder):
             "bytes": _size(settings.artifact(name)),
         }
 
-    timed("saved_model", lambda: export.export_saved_model(model, work / "saved_model"))
-    timed("tflite_fp32", lambda: export.export_tflite(model, settings.artifact("tflite_fp32")))
+    timed("saved_model", lambda: export.export_saved_model(deployed, work / "saved_model"))
+    timed("tflite_fp32", lambda: export.export_tflite(deployed, settings.artifact("tflite_fp32")))
     timed(
         "tflite_int8",
         lambda: export.export_tflite(
-            model, settings.artifact("tflite_int8"), "int8", calibration_images=calibration
+            deployed, settings.artifact("tflite_int8"), "int8", calibration_images=calibration
         ),
     )
-    timed("onnx", lambda: export.export_onnx(model, settings.artifact("onnx")))
+    timed("onnx", lambda: export.export_onnx(deployed, settings.artifact("onnx")))
 
     reference = reference_model(kp.porting.export_state_dict(model))
     reference.save_pretrained(settings.artifact("reference"))
@@ -659,6 +677,7 @@ def prepare(mode, settings, images_folder):
 
     size_free = kp.PoolFormerS12(weights=None, input_shape=(None, None, 3))
     return {
+        "weights": str(weights) if weights else f"random (seed {SEED})",
         "exports": exports,
         "images": "real ImageNet validation images" if real else "random pixels",
         "images_folder": str(images_folder) if real else None,
@@ -1026,7 +1045,9 @@ def _header_md(results):
     )
     return lines + [
         "",
-        f"Exports: {sizes}. Reference ONNX by {exports['reference_onnx']['exporter']}.",
+        f"Weights: {results['artifacts'].get('weights', 'random')}. Our exports are of the "
+        f"folded model, as `keras-poolformer export` writes them: {sizes}. Reference ONNX "
+        f"by {exports['reference_onnx']['exporter']}.",
     ]
 
 
@@ -1216,6 +1237,11 @@ def parse_args(argv=None):
         "--phases", nargs="+", choices=PHASES, default=list(PHASES), help="what to run"
     )
     parser.add_argument(
+        "--weights",
+        help="S12 weights: imagenet, a .weights.h5 or a PyTorch checkpoint "
+        "(default: seeded random weights; speed does not depend on them)",
+    )
+    parser.add_argument(
         "--images",
         type=Path,
         default=DEFAULT_IMAGES,
@@ -1252,7 +1278,9 @@ def main(argv=None):
                 "distorted, spinning thread pools (torch, onnxruntime) most; see --no-spin"
             )
         log(f"{mode.name} mode, {args.threads} threads; exporting the shared S12")
-        prepared = call_in_process(log_dir / "prepare.log", prepare, mode, settings, args.images)
+        prepared = call_in_process(
+            log_dir / "prepare.log", prepare, mode, settings, args.images, args.weights
+        )
         results["artifacts"] = prepared
         if "inference" in args.phases:
             log("inference")

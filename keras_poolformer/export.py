@@ -22,6 +22,7 @@ import numpy as np
 
 from keras_poolformer.imagenet import class_names as imagenet_class_names
 from keras_poolformer.imagenet import decode_image, eval_transform
+from keras_poolformer.tflite_io import invoke_tflite
 
 TOP_K = 5
 QUANTIZATIONS = ("none", "fp16", "dynamic", "int8")
@@ -271,24 +272,6 @@ def _convert(converter, quantize, calibration_images):
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.int8
     return converter.convert()
-
-
-def invoke_tflite(interpreter, batch):
-    """Float32 outputs of an allocated LiteRT ``interpreter`` on a float32 ``batch``
-    (0..255) shaped like its input; quantized inputs and outputs are handled."""
-    (source,) = interpreter.get_input_details()
-    (target,) = interpreter.get_output_details()
-    x = batch
-    if source["dtype"] != np.float32:
-        scale, zero = source["quantization"]
-        x = np.clip(np.round(x / scale + zero), 0, 255).astype(source["dtype"])
-    interpreter.set_tensor(source["index"], x)
-    interpreter.invoke()
-    y = interpreter.get_tensor(target["index"]).astype(np.float32)
-    if target["dtype"] != np.float32:
-        scale, zero = target["quantization"]
-        y = (y - zero) * scale
-    return y
 
 
 def run_tflite(path, images):
