@@ -213,6 +213,11 @@ def export_tflite(model, path, quantize="none", calibration_images=None):
             ``calibration_images``).
         calibration_images: float32 ``(n, size, size, 3)`` RGB 0..255, for int8.
 
+    Export the folded model (:func:`fold`, as ``keras-poolformer export`` does by
+    default) for speed, int8 above all: its pooling is a depthwise sum, which int8
+    TFLite runs inside XNNPACK, where an int8 ``AVERAGE_POOL_2D`` is not (S12 int8:
+    about 150 img/s folded on 2 cores, about 95 unfolded).
+
     Returns:
         The size of the file in bytes.
     """

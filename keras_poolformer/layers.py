@@ -214,7 +214,7 @@ class MetaFormerBlock(keras.layers.Layer):
         folded: the inference form made by :func:`keras_poolformer.export.fold`
             (pooling mixer and MLN only): norms without affine and no second
             LayerScale, their weights merged into the first LayerScale and the two
-            1x1 convs.
+            1x1 convs; pooling as a depthwise sum (see :class:`Pooling`).
 
     Example:
     >>> block = MetaFormerBlock(64, token_mixer="attention", norm="layernorm")
@@ -249,7 +249,10 @@ class MetaFormerBlock(keras.layers.Layer):
         policy = self.dtype_policy
         affine = not self.folded
         self.norm1 = make_norm(norm, "norm1", policy, affine=affine)
-        self.token_mixer = make_mixer(self.mixer, "token_mixer", policy)
+        # A folded block's pooling is the depthwise-sum form, the one int8 TFLite keeps
+        # inside XNNPACK; its spec (and so its config) stays the same.
+        mixer = {**self.mixer, "depthwise_sum": True} if self.folded else self.mixer
+        self.token_mixer = make_mixer(mixer, "token_mixer", policy)
         self.layer_scale_1 = LayerScale(layer_scale_init_value, name="layer_scale_1", dtype=policy)
         self.norm2 = make_norm(norm, "norm2", policy, affine=affine)
         hidden = int(self.dim * self.mlp_ratio)

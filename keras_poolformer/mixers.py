@@ -147,26 +147,33 @@ class Pooling(keras.layers.Layer):
     out of the average (PyTorch's ``count_include_pad=False``). The input is
     subtracted because the block adds its own residual connection around the mixer.
 
-    The average is computed as a depthwise convolution with a kernel of ones (the
-    window's sum, zero padding) times the reciprocal of each position's count of
-    valid cells, which the converters fold into a constant map. This is the same
-    number as ``avg_pool`` to float32 rounding and as fast in TensorFlow, and it is
-    the form int8 TFLite runs inside its XNNPACK delegate: an int8
-    ``AVERAGE_POOL_2D`` falls back to a slow single-threaded kernel (S12 int8 ran
-    at less than half the speed).
-
     Args:
         pool_size: odd window size (3 in every PoolFormer variant). Even sizes
             would pad asymmetrically and are refused.
+        depthwise_sum: compute the average as a depthwise convolution with a
+            kernel of ones (the window's sum, zero padding) times the reciprocal
+            of each position's count of valid cells, a constant map once the size
+            is known. The same numbers to float32 rounding, as fast in TensorFlow
+            graphs, and the form int8 TFLite runs inside its XNNPACK delegate: an
+            int8 ``AVERAGE_POOL_2D`` falls back to a slow single-threaded kernel
+            (S12 int8 ran at less than half the speed). XLA on CPU runs it at half
+            the speed of ``avg_pool``, so it is the inference form only, which
+            folded blocks (:func:`keras_poolformer.export.fold`) use.
     """
 
-    def __init__(self, pool_size=3, **kwargs):
+    def __init__(self, pool_size=3, depthwise_sum=False, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(pool_size, int) or pool_size < 1 or pool_size % 2 == 0:
             raise ValueError(f"pool_size must be a positive odd integer, got {pool_size!r}.")
         self.pool_size = pool_size
+        self.depthwise_sum = bool(depthwise_sum)
 
     def call(self, inputs):
+        if not self.depthwise_sum:
+            pooled = ops.average_pool(
+                inputs, self.pool_size, strides=1, padding="same", data_format="channels_last"
+            )
+            return pooled - inputs
         k, dtype = self.pool_size, inputs.dtype
         kernel = ops.ones((k, k, inputs.shape[-1], 1), dtype)
         sums = ops.depthwise_conv(inputs, kernel, strides=1, padding="same")
@@ -186,7 +193,10 @@ class Pooling(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "pool_size": self.pool_size}
+        config = {**super().get_config(), "pool_size": self.pool_size}
+        if self.depthwise_sum:  # configs saved before the option existed stay the same
+            config["depthwise_sum"] = True
+        return config
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

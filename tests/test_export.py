@@ -167,6 +167,38 @@ def test_quantized_tflite_reports_its_agreement(model, pixels, tmp_path, quantiz
     assert report["cosine"] > 0.95  # a sanity floor; the figures themselves are reported
 
 
+# What XNNPACK runs in int8 (LiteRT 2.3). Everything else falls back to TFLite's own
+# kernels, one thread, with a copy out of and back into the delegate around it.
+XNNPACK_INT8 = {"QUANTIZE", "PAD", "CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "SUB", "MUL"}
+XNNPACK_INT8 |= {"MEAN", "FULLY_CONNECTED"}
+# Left outside: one RSQRT per norm works on a single number per sample; GELU on int8 is
+# a 256-entry table.
+ALLOWED_OUTSIDE = {"RSQRT", "GELU"}
+
+
+def test_int8_tflite_keeps_the_heavy_work_in_xnnpack(tmp_path):
+    """The int8 speed (S12 31 -> ~150 img/s on 2 cores) rests on the graph's form:
+    pooling as a depthwise sum, MLN's statistics as means over at most two axes
+    and no SQUARED_DIFFERENCE. A change that brings back AVERAGE_POOL_2D, a
+    three-axis MEAN or another fallback op fails here, not only in the benchmark."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    tiny = kp.PoolFormer(depths=(1, 1, 1, 1), dims=(8, 16, 16, 16), input_shape=(64, 64, 3))
+    calibration = np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype(np.float32)
+    path = tmp_path / "tiny_int8.tflite"
+    export.export_tflite(export.fold(tiny), path, "int8", calibration)
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    ops = [op for op in interpreter._get_ops_details() if op["op_name"] != "DELEGATE"]
+    kinds = {op["op_name"] for op in ops}
+    assert kinds - XNNPACK_INT8 - ALLOWED_OUTSIDE == set()
+    assert {"DEPTHWISE_CONV_2D", "MEAN", "CONV_2D"} <= kinds
+    for op in ops:
+        if op["op_name"] == "MEAN":
+            axes = np.atleast_1d(interpreter.get_tensor(op["inputs"][1]))
+            assert len(axes) <= 2, f"a MEAN over axes {axes.tolist()} runs outside XNNPACK"
+
+
 def test_export_refuses_bad_arguments(model, tmp_path):
     with pytest.raises(ValueError, match="quantize must be one of"):
         export.export_tflite(model, tmp_path / "x.tflite", "int4")

@@ -5,6 +5,7 @@ import math
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_poolformer import layers
 
@@ -67,9 +68,19 @@ def test_mln_refuses_more_groups():
 
 def test_pooling_leaves_padding_out_of_the_average():
     x = randn(2, 5, 7, 3)
-    for k in (3, 5):
-        out = layers.Pooling(k)(x).numpy()
-        np.testing.assert_allclose(out, numpy_pooling(x, k), atol=1e-6)
+    for k in (3, 5, 9):  # 9: a window wider than the map
+        for depthwise_sum in (False, True):
+            out = layers.Pooling(k, depthwise_sum=depthwise_sum)(x).numpy()
+            np.testing.assert_allclose(out, numpy_pooling(x, k), atol=1e-6)
+
+
+def test_depthwise_sum_pooling_works_on_maps_of_any_size():
+    """The per-position cell counts come from the runtime shape, not the traced one."""
+    pooling = layers.Pooling(3, depthwise_sum=True)
+    run = tf.function(pooling, input_signature=[tf.TensorSpec([None, None, None, 4])])
+    for shape in ((1, 4, 6, 4), (2, 9, 3, 4)):
+        x = randn(*shape)
+        np.testing.assert_allclose(run(x).numpy(), numpy_pooling(x, 3), atol=1e-6)
 
 
 @pytest.mark.parametrize("bad", [2, 0, -3, 3.0])
@@ -138,6 +149,7 @@ def test_image_normalization_matches_torchvision_order():
     [
         lambda: layers.ModifiedLayerNorm(name="n"),
         lambda: layers.Pooling(5),
+        lambda: layers.Pooling(3, depthwise_sum=True),
         lambda: layers.ConvMlp(16, 8),
         lambda: layers.LayerScale(1e-6),
         lambda: layers.DropPath(0.1, seed=3),
