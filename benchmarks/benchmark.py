@@ -1,6 +1,6 @@
 """Speed and memory of keras_poolformer against the PyTorch reference, in one run (issue 7).
 
-    python benchmarks/benchmark.py             # full run: about 25 minutes on 2 cores
+    python benchmarks/benchmark.py             # full run: about 16 minutes on 2 cores
     python benchmarks/benchmark.py --quick     # smoke run of every part: about 4 minutes
     python benchmarks/benchmark.py --output DIR --threads 2 --phases inference --no-spin
 

@@ -3,6 +3,7 @@
     python benchmarks/speed_experiments.py threads     # thread pools, oneDNN on/off
     python benchmarks/speed_experiments.py forms       # folding, XLA, MLP as matmul, norm
     python benchmarks/speed_experiments.py profile --form folded_matmul --batch 32
+    python benchmarks/speed_experiments.py profile --train   # one AdamW step at batch 32
 
 ``threads`` and ``forms`` alternate their contenders round by round, one worker process
 each, with the machinery of ``benchmark.py``; ``profile`` runs one form under the
@@ -197,6 +198,13 @@ def _part(op_name, op_type):
     return "residual adds, preprocessing, other"
 
 
+def _pass(op_name):
+    """Forward, backward (the gradient tape's ops) or the optimizer's update."""
+    if op_name.startswith("gradient_tape") or "/gradient_tape/" in op_name:
+        return "backward"
+    return "optimizer" if "adamw" in op_name.lower() else "forward"
+
+
 def profile(settings, args):
     """Prints the op time of one form by part of the network, and the top op types."""
     benchmark.configured_tensorflow(settings)
@@ -204,10 +212,18 @@ def profile(settings, args):
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    forms = {c.name: c for c in FORMS}
-    predict = forms[args.form].load(settings)
     images = np.random.default_rng(0).uniform(0, 255, (args.batch, SIZE, SIZE, 3))
     images = images.astype(np.float32)
+    if args.train:  # one AdamW step of the library model, as the benchmark times it
+        step = benchmark.load_keras_train(settings)
+        labels = np.random.default_rng(1).integers(0, 1000, args.batch)
+
+        def predict(images):
+            return step(images, labels)
+
+        args.form = "library, training step"
+    else:
+        predict = {c.name: c for c in FORMS}[args.form].load(settings)
     predict(images)
     predict(images)
     calls = 3
@@ -221,6 +237,7 @@ def profile(settings, args):
         space.ParseFromString(f.read())
     (plane,) = [p for p in space.planes if p.name == "/host:CPU"]
     parts, types, wall = collections.Counter(), collections.Counter(), 0.0
+    passes = collections.Counter()
     for line in plane.lines:
         for event in line.events:
             name = plane.event_metadata[event.metadata_id].name
@@ -231,9 +248,13 @@ def profile(settings, args):
                 op_name, op_type = name.rsplit(":", 1)  # TensorFlow's "name:type" trace
                 parts[_part(op_name, op_type)] += ms
                 types[op_type] += ms
+                passes[_pass(op_name)] += ms
     total = sum(parts.values())
     print(f"{args.form}, batch {args.batch}: {wall:.1f} ms per call, ops {total:.1f} ms")
-    for title, counter in (("part", parts), ("op type", types)):
+    tables = [("part", parts), ("op type", types)]
+    if args.train:
+        tables.insert(0, ("pass", passes))
+    for title, counter in tables:
         print(f"\n| {title} | ms per call | share |\n|---|---|---|")
         for key, ms in counter.most_common(12):
             print(f"| {key} | {ms:.1f} | {100 * ms / total:.1f}% |")
@@ -248,6 +269,9 @@ def main():
     parser.add_argument("--seconds", type=float, default=0.5)
     parser.add_argument("--form", default="library", help="for profile: a FORMS name")
     parser.add_argument("--batch", type=int, default=32, help="for profile")
+    parser.add_argument(
+        "--train", action="store_true", help="for profile: one training step instead"
+    )
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with tempfile.TemporaryDirectory(prefix="poolformer_experiments_") as workdir:
