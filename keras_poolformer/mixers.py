@@ -156,7 +156,7 @@ class Pooling(keras.layers.Layer):
             is known. The same numbers to float32 rounding, as fast in TensorFlow
             graphs, and the form int8 TFLite runs inside its XNNPACK delegate: an
             int8 ``AVERAGE_POOL_2D`` falls back to a slow single-threaded kernel
-            (S12 int8 ran at less than half the speed). XLA on CPU runs it at half
+            (S12 int8 ran at about 0.6 of the speed). XLA on CPU runs it at half
             the speed of ``avg_pool``, so it is the inference form only, which
             folded blocks (:func:`keras_poolformer.export.fold`) use.
     """
