@@ -699,7 +699,7 @@ def _hybrid(key):
             token_mixers=config["token_mixers"],
             norm=config["norm"],
             position_embeddings=config["position_embeddings"],
-            layer_scale_init_value=1e-5,
+            layer_scale_init_value=MODEL_CONFIGS["s12"]["layer_scale_init_value"],
             include_top=include_top,
             weights=weights,
             input_tensor=input_tensor,
