@@ -64,15 +64,16 @@ def _train_step_and_round_trip(model, tmp_path):
     return reloaded
 
 
+def _tiny_logits_model(**options):
+    """A tiny four-class MetaFormer with logits out, ``options`` passed through."""
+    return kp.MetaFormer(
+        **TINY_DIMS, **options, input_shape=(SIZE, SIZE, 3), classes=4, classifier_activation=None
+    )
+
+
 @pytest.mark.parametrize("mixer", MIXER_CASES, ids=_case_id)
 def test_each_token_mixer_builds_trains_and_reloads(mixer, tmp_path):
-    model = kp.MetaFormer(
-        **TINY_DIMS,
-        token_mixers=mixer,
-        input_shape=(SIZE, SIZE, 3),
-        classes=4,
-        classifier_activation=None,
-    )
+    model = _tiny_logits_model(token_mixers=mixer)
     block = model.get_layer("stage2_block1")
     assert block.mixer["type"] == (mixer if isinstance(mixer, str) else mixer["type"])
     reloaded = _train_step_and_round_trip(model, tmp_path)
@@ -81,9 +82,7 @@ def test_each_token_mixer_builds_trains_and_reloads(mixer, tmp_path):
 
 @pytest.mark.parametrize("norm", ["mln", "layernorm", "batchnorm"])
 def test_each_norm_builds_trains_and_reloads(norm, tmp_path):
-    model = kp.MetaFormer(
-        **TINY_DIMS, norm=norm, input_shape=(SIZE, SIZE, 3), classes=4, classifier_activation=None
-    )
+    model = _tiny_logits_model(norm=norm)
     kinds = {
         "mln": kp.layers.ModifiedLayerNorm,
         "layernorm": keras.layers.LayerNormalization,
@@ -96,13 +95,7 @@ def test_each_norm_builds_trains_and_reloads(norm, tmp_path):
 
 @pytest.mark.parametrize("activation", ["gelu", "relu", "silu"])
 def test_each_activation_builds_trains_and_reloads(activation, tmp_path):
-    model = kp.MetaFormer(
-        **TINY_DIMS,
-        activation=activation,
-        input_shape=(SIZE, SIZE, 3),
-        classes=4,
-        classifier_activation=None,
-    )
+    model = _tiny_logits_model(activation=activation)
     mlp = model.get_layer("stage0_block0").mlp
     x = keras.ops.convert_to_tensor(np.linspace(-3, 3, 8 * 4 * 4).reshape(1, 4, 4, 8), "float32")
     hidden = mlp.fc1(x).numpy()
