@@ -14,10 +14,18 @@ converted file against its recorded sha256. A download is checked against a pinn
 sha256 where one is known (``SHA256``; the authors published none); every file is
 written under a temporary name and renamed only when complete.
 
+The cache heals itself: a download that does not read or convert is removed (the next
+load downloads it again), and so is a converted file that fails its sha256. Several
+processes may load the same variant for the first time at once: a per-variant file lock
+(``.poolformer_s12.lock``) makes one of them download and convert while the others wait,
+then read the verified result.
+
 ``KERAS_POOLFORMER_MIRROR`` (an ``http(s)://`` or ``file://`` base URL) replaces
 the release location, for mirrors and air-gapped sites.
 """
 
+import contextlib
+import glob
 import http.client
 import json
 import os
@@ -159,33 +167,115 @@ def _fetch_source(variant):
     return source, digest, url
 
 
+@contextlib.contextmanager
+def _variant_lock(variant):
+    """Holds an exclusive lock on ``variant``'s cache entries, across processes.
+
+    The lock file is never removed: removing it would let two processes lock two
+    different files of the same name.
+    """
+    os.makedirs(cache_dir(), exist_ok=True)
+    path = os.path.join(cache_dir(), f".poolformer_{variant}.lock")
+    with open(path, "a+b") as handle:
+        if not _try_lock(handle):
+            print(
+                f"Waiting for another process that is fetching PoolFormer-{variant.upper()}'s "
+                "ImageNet weights...",
+                file=sys.stderr,
+                flush=True,
+            )
+            _try_lock(handle, block=True)
+        try:
+            yield
+        finally:
+            _unlock(handle)
+
+
+if os.name == "nt":  # pragma: no cover (the project's machines are POSIX)
+    import msvcrt
+
+    def _try_lock(handle, block=False):
+        handle.seek(0)
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK if block else msvcrt.LK_NBLCK, 1)
+        except OSError:
+            if block:
+                raise
+            return False
+        return True
+
+    def _unlock(handle):
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+
+else:
+    import fcntl
+
+    def _try_lock(handle, block=False):
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return False
+        return True
+
+    def _unlock(handle):
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _remove_leftovers(variant):
+    """Removes temporaries (``files.atomic_path``'s ``.part`` files) of this variant's
+    cache entries that a killed process left behind; called with the lock held, when no
+    process can be writing them."""
+    pattern = os.path.join(cache_dir(), f".poolformer_{variant}.*.part*")
+    for path in glob.glob(pattern):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+def _first_line(error):
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
 def imagenet_weights(variant):
     """Path of the verified Keras ImageNet weights of ``variant`` ("s12"...),
     downloading and converting them on first use.
+
+    Safe to call from several processes at once: one fetches, the others wait for it.
 
     Raises:
         WeightsUnavailableError: not cached and the download failed; the message
             says what to download and where to put it.
         ValueError: a download or cache file failed its sha256 check, or the
-            downloaded checkpoint does not convert.
+            downloaded checkpoint does not read or convert; either way the bad file
+            has been removed, and the next call fetches it again.
     """
     if variant not in FILENAMES:
         raise ValueError(f"no ImageNet weights for '{variant}'; there are {sorted(FILENAMES)}.")
-    cached = _verified_cache(variant)
-    if cached:
-        return cached
+    with _variant_lock(variant):
+        _remove_leftovers(variant)
+        cached = _verified_cache(variant)
+        if cached:
+            return cached
+        return _fetch_and_convert(variant)
 
+
+def _fetch_and_convert(variant):
+    """Downloads (if needed), converts and records ``variant``; the lock is held."""
     source, source_digest, url = _fetch_source(variant)
     from keras_poolformer.convert import convert_checkpoint
 
     converted = _converted_path(variant)
     try:
         convert_checkpoint(source, converted, variant=variant)
-    except ValueError as error:
-        os.remove(source)  # a damaged download must not be converted again
+    except Exception as error:  # any failure to read or convert: never keep the file
+        for path in (source, converted):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
         raise ValueError(
             f"the downloaded '{source}' (from {url}) is not a valid PoolFormer-"
-            f"{variant.upper()} checkpoint and has been removed:\n{error}"
+            f"{variant.upper()} checkpoint and has been removed; the next load downloads it "
+            f"again. {_first_line(error)}"
         ) from None
     record = {
         "variant": variant,

@@ -7,7 +7,10 @@ reached through KERAS_POOLFORMER_MIRROR. It counts the requests it answers.
 
 import http.server
 import os
+import subprocess
+import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -23,10 +26,11 @@ FILENAME = "poolformer_s12.pth.tar"
 
 class _Server(http.server.ThreadingHTTPServer):
     """Serves files from ``root``; ``truncate`` makes it send half of each file
-    while announcing the whole length, then hang up."""
+    while announcing the whole length, then hang up; ``hold`` (an Event) makes each
+    response wait until it is set, keeping a download in flight."""
 
     def __init__(self, root):
-        self.root, self.requests, self.truncate = root, [], False
+        self.root, self.requests, self.truncate, self.hold = root, [], False, None
         super().__init__(("127.0.0.1", 0), _Handler)
 
 
@@ -43,6 +47,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
+        if server.hold is not None:
+            server.hold.wait(timeout=120)
         self.wfile.write(data[: len(data) // 2] if server.truncate else data)
 
     def log_message(self, *args):
@@ -67,15 +73,17 @@ def mirror(served, tmp_path, monkeypatch):
     """A fresh, empty cache and the mirror pointed at the local server."""
     server, root = served
     server.requests.clear()
-    server.truncate = False
+    server.truncate, server.hold = False, None
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.setenv(pretrained.MIRROR_ENV, f"http://127.0.0.1:{server.server_port}/")
     return server
 
 
 def cache_files():
+    """The cache's entries, less the per-variant lock files (kept on purpose)."""
     folder = pretrained.cache_dir()
-    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    return [name for name in names if not name.endswith(".lock")]
 
 
 def test_first_load_downloads_and_converts_second_load_asks_nothing(mirror):
@@ -156,3 +164,98 @@ def test_offline_without_cache_says_what_to_download_and_where(tmp_path, monkeyp
     assert pretrained.RELEASE_URL + "poolformer_s24.pth.tar" in message
     assert os.path.join(str(tmp_path / "keras"), "models", "keras_poolformer") in message
     assert pretrained.MIRROR_ENV in message
+
+
+def test_a_download_that_does_not_read_is_removed_and_fetched_again(
+    mirror, served, tmp_path, monkeypatch
+):
+    """One byte flipped in the mirror's file (same size): a clear error, nothing kept,
+    and once the mirror serves the right file again the next load heals the cache."""
+    _, root = served
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    data = bytearray((root / FILENAME).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (damaged / FILENAME).write_bytes(bytes(data))
+    monkeypatch.setenv(pretrained.MIRROR_ENV, damaged.as_uri() + "/")
+    with pytest.raises(ValueError, match="has been removed; the next load downloads it again"):
+        kp.PoolFormerS12(weights="imagenet")
+    assert cache_files() == []
+
+    monkeypatch.setenv(pretrained.MIRROR_ENV, f"http://127.0.0.1:{mirror.server_port}/")
+    model = kp.PoolFormerS12(weights="imagenet", classifier_activation=None)
+    assert mirror.requests == ["/" + FILENAME]
+    _, state = reference("s12")
+    np.testing.assert_array_equal(model.get_layer("head").bias.numpy(), state["head.bias"])
+
+
+def test_leftovers_of_a_killed_fetch_are_removed(mirror):
+    os.makedirs(pretrained.cache_dir())
+    leftover = os.path.join(pretrained.cache_dir(), f".{FILENAME}.x1y2z3.part.pth.tar")
+    with open(leftover, "wb") as f:
+        f.write(b"half a download")
+    kp.PoolFormerS12(weights="imagenet")
+    assert not os.path.exists(leftover)
+
+
+_LOAD = """
+import sys
+import numpy as np
+import keras_poolformer as kp
+model = kp.PoolFormerS12(weights="imagenet")
+np.save(sys.argv[1], model.get_layer("head").kernel.numpy())
+"""
+
+
+def test_two_processes_racing_on_a_first_load_both_succeed(mirror, tmp_path):
+    """Two processes load S12's ImageNet weights into one empty cache at once. The
+    server holds the first download open until the other process is either waiting
+    for it (the lock works) or has asked for the file itself (it does not), so the
+    two always overlap: both must succeed, with one download between them."""
+    hold = threading.Event()
+    mirror.hold = hold
+    env = {
+        **os.environ,
+        "KERAS_HOME": os.environ["KERAS_HOME"],
+        pretrained.MIRROR_ENV: os.environ[pretrained.MIRROR_ENV],
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _LOAD, str(tmp_path / f"head{i}.npy")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(2)
+    ]
+    stderr = [[], []]
+
+    def read(i):
+        for line in processes[i].stderr:
+            stderr[i].append(line)
+            if "Waiting for another process" in line:
+                hold.set()
+
+    readers = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(2)]
+    for reader in readers:
+        reader.start()
+    deadline = time.monotonic() + 300
+    while not hold.wait(0.1):
+        if (
+            len(mirror.requests) >= 2
+            or any(p.poll() is not None for p in processes)
+            or time.monotonic() > deadline
+        ):
+            hold.set()  # no lock: both are downloading (or one died); let them finish
+    for process in processes:
+        process.wait(timeout=600)
+    for reader in readers:
+        reader.join(timeout=10)
+    for i, process in enumerate(processes):
+        assert process.returncode == 0, "".join(stderr[i])[-3000:]
+    assert mirror.requests == ["/" + FILENAME]
+    assert sum("Waiting for another process" in "".join(err) for err in stderr) == 1
+    np.testing.assert_array_equal(np.load(tmp_path / "head0.npy"), np.load(tmp_path / "head1.npy"))
+    assert cache_files() == sorted([FILENAME, "poolformer_s12.json", "poolformer_s12.weights.h5"])
