@@ -3,7 +3,9 @@
 import contextlib
 import hashlib
 import os
+import re
 import tempfile
+import time
 
 
 @contextlib.contextmanager
@@ -40,3 +42,22 @@ def sha256(path, chunk=1 << 20):
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+# atomic_path's temporaries: "." + name + "." + mkstemp's 8 random characters + ".part" + suffix.
+_LEFTOVER = re.compile(r"\..+\.[a-z0-9_]{8}\.part(?:\..+)?")
+
+
+def remove_leftovers(folder, min_age=60.0):
+    """Removes the temporaries that :func:`atomic_path` leaves in ``folder`` (not its
+    sub-folders) when its process is killed, and returns their paths. Ones modified in
+    the last ``min_age`` seconds are kept: they may belong to a writer still at work."""
+    removed = []
+    now = time.time()
+    for entry in os.scandir(folder) if os.path.isdir(folder) else []:
+        if _LEFTOVER.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+            with contextlib.suppress(FileNotFoundError):  # another cleaner got there first
+                if now - entry.stat().st_mtime >= min_age:
+                    os.remove(entry.path)
+                    removed.append(entry.path)
+    return removed

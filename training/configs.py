@@ -12,8 +12,12 @@ can be overridden on the command line (``epochs=100 batch_size=256``).
 """
 
 import dataclasses
+import math
+
+import numpy as np
 
 from keras_poolformer.models import HYBRID_CONFIGS, MODEL_CONFIGS
+from keras_poolformer.training import augment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +72,115 @@ class Config:
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
+
+    def validate(self):
+        """Returns this config, or raises one ValueError naming every field whose value
+        cannot run (``batch_size=0``, ``drop_path_rate=1.5``...) and what it may be.
+
+        Called by :func:`get_config` and by ``trainer.train``, so that a bad value stops
+        the run before its first step, not as a ZeroDivisionError or a TF error later.
+        """
+        problems = [
+            f"{name}={getattr(self, name)!r} (must be {rule})"
+            for name, rule in _RULES
+            if not _ALLOWED[rule](getattr(self, name))
+        ]
+        if not problems and self.batch_size % self.accum_steps:
+            problems.append(
+                f"batch_size={self.batch_size} (must be divisible by accum_steps="
+                f"{self.accum_steps})"
+            )
+        if self.model != "custom" and self.model not in {**MODEL_CONFIGS, **HYBRID_CONFIGS}:
+            problems.append(
+                f"model={self.model!r} (must be a variant ({', '.join(MODEL_CONFIGS)}), a "
+                f"hybrid ({', '.join(HYBRID_CONFIGS)}) or 'custom')"
+            )
+        if self.model == "custom" and not (self.depths and len(self.depths) == len(self.dims)):
+            problems.append(
+                f"depths={self.depths!r}, dims={self.dims!r} (model 'custom' needs both, "
+                "one number per stage)"
+            )
+        if self.randaugment:
+            try:
+                augment.parse_randaugment(self.randaugment)
+            except ValueError as error:
+                problems.append(f"randaugment={self.randaugment!r} ({error})")
+        if problems:
+            raise ValueError(f"invalid training config: {'; '.join(problems)}.")
+        return self
+
+
+def _is_int(value, low, high=None):
+    return (
+        isinstance(value, int | np.integer)
+        and not isinstance(value, bool)
+        and value >= low
+        and (high is None or value <= high)
+    )
+
+
+def _is_number(value, low, high, low_open=False, high_open=False):
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        return False
+    if not math.isfinite(value):
+        return False
+    above = value > low if low_open else value >= low
+    below = high is None or (value < high if high_open else value <= high)
+    return above and below
+
+
+# What each rule allows; _RULES says which fields follow it.
+_ALLOWED = {
+    "an integer >= 1": lambda v: _is_int(v, 1),
+    "an integer >= 0": lambda v: _is_int(v, 0),
+    "an integer in [0, 2**32)": lambda v: _is_int(v, 0, 2**32 - 1),
+    "a number > 0": lambda v: _is_number(v, 0, None, low_open=True),
+    "a number >= 0": lambda v: _is_number(v, 0, None),
+    "a number in [0, 1]": lambda v: _is_number(v, 0, 1),
+    "a number in [0, 1)": lambda v: _is_number(v, 0, 1, high_open=True),
+    "a number in (0, 1]": lambda v: _is_number(v, 0, 1, low_open=True),
+    "a finite number": lambda v: _is_number(v, -math.inf, None),
+    "'float32' or 'mixed'": lambda v: v in ("float32", "mixed"),
+    "true or false": lambda v: isinstance(v, bool),
+    "two numbers 0 < low <= high <= 1": lambda v: (
+        isinstance(v, tuple | list)
+        and len(v) == 2
+        and all(_is_number(x, 0, 1, low_open=True) for x in v)
+        and v[0] <= v[1]
+    ),
+}
+_RULES = [
+    ("image_size", "an integer >= 1"),
+    ("epochs", "an integer >= 1"),
+    ("batch_size", "an integer >= 1"),
+    ("accum_steps", "an integer >= 1"),
+    ("checkpoint_every", "an integer >= 1"),
+    ("eval_every", "an integer >= 1"),
+    ("warmup_epochs", "an integer >= 0"),
+    ("cooldown_epochs", "an integer >= 0"),
+    ("steps_per_epoch", "an integer >= 0"),
+    ("eval_steps", "an integer >= 0"),
+    ("seed", "an integer in [0, 2**32)"),
+    ("crop_pct", "a number in (0, 1]"),
+    ("lr_per_1024", "a number > 0"),
+    ("warmup_lr", "a number >= 0"),
+    ("min_lr", "a number >= 0"),
+    ("weight_decay", "a number >= 0"),
+    ("beta_1", "a number in [0, 1)"),
+    ("beta_2", "a number in [0, 1)"),
+    ("epsilon", "a number > 0"),
+    ("drop_path_rate", "a number in [0, 1)"),
+    ("layer_scale_init_value", "a finite number"),
+    ("label_smoothing", "a number in [0, 1)"),
+    ("mixup_alpha", "a number >= 0"),
+    ("cutmix_alpha", "a number >= 0"),
+    ("mixup_switch_prob", "a number in [0, 1]"),
+    ("random_erasing", "a number in [0, 1]"),
+    ("rrc_scale", "two numbers 0 < low <= high <= 1"),
+    ("precision", "'float32' or 'mixed'"),
+    ("hflip", "true or false"),
+    ("xla", "true or false"),
+]
 
 
 def variant_config(variant, **changes):
@@ -234,16 +347,7 @@ def get_config(name, overrides=(), smoke_run=False):
             changes[key] = _parse(value, getattr(config, key))
         except ValueError as error:
             raise ValueError(f"override {item!r}: {error}") from None
-    config = config.replace(**changes)
+    config = config.replace(**changes).validate()  # before smoke(), which scales the lr
     if smoke_run:
         config = smoke(config)
-    if config.batch_size % config.accum_steps:
-        raise ValueError(
-            f"batch_size {config.batch_size} is not divisible by accum_steps {config.accum_steps}."
-        )
-    if config.model != "custom" and config.model not in {**MODEL_CONFIGS, **HYBRID_CONFIGS}:
-        raise ValueError(
-            f"unknown model {config.model!r}; use a variant "
-            f"({', '.join(MODEL_CONFIGS)}), a hybrid ({', '.join(HYBRID_CONFIGS)}) or 'custom'."
-        )
-    return config
+    return config.validate()

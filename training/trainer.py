@@ -15,6 +15,8 @@ import dataclasses
 import json
 import math
 import os
+import re
+import shutil
 import sys
 import time
 
@@ -240,7 +242,9 @@ def top_k_accuracy(model, dataset):
 
 def train(config, data_spec, output, data_dir=None, strategy="auto", init=None, log=print):
     """Trains ``config`` on ``data_spec`` into ``output``; resumes if ``output`` holds
-    checkpoints of the same run. Returns the final metrics as a dict."""
+    checkpoints of the same run (from the newest one that reads back whole, see
+    :func:`resume_point`). Returns the final metrics as a dict."""
+    config.validate()  # API callers skip get_config; stop before building anything
     strategy = select_strategy(strategy) if isinstance(strategy, str) else strategy
     chief = is_chief(strategy)
     replicas = strategy.num_replicas_in_sync
@@ -251,6 +255,9 @@ def train(config, data_spec, output, data_dir=None, strategy="auto", init=None, 
             f"{config.accum_steps} = {micro_batch}) is not divisible by the {replicas} replicas."
         )
     os.makedirs(output, exist_ok=True)
+    ckpt_dir = os.path.join(output, "checkpoints")
+    if chief:
+        _remove_leftovers(output, ckpt_dir, log)
     source = data_lib.load_source(data_spec, data_dir, cache_dir=output)
     train_split, val_split = source.train, source.val
     num_classes = len(source.class_names)
@@ -266,6 +273,7 @@ def train(config, data_spec, output, data_dir=None, strategy="auto", init=None, 
     total_steps = total_epochs * steps_per_epoch
     run_config = {**dataclasses.asdict(config), "data": data_spec, "init": init}
     _check_same_run(output, run_config)
+    restore_from = resume_point(output, chief, log)
     if chief:
         for name, content in (("config.json", run_config), ("classes.json", source.class_names)):
             with files.atomic_path(os.path.join(output, name)) as tmp, open(tmp, "w") as f:
@@ -285,14 +293,14 @@ def train(config, data_spec, output, data_dir=None, strategy="auto", init=None, 
     checkpoint = tf.train.Checkpoint(
         model=model, optimizer=optimizer, step=step, seeds=seed_variables(model)
     )
-    ckpt_dir = os.path.join(output, "checkpoints")
     if not chief:  # other workers write to a scratch folder, as tf.distribute expects
         ckpt_dir = os.path.join(output, f".worker_{strategy.cluster_resolver.task_id}_checkpoints")
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=2)
-    restore_from = tf.train.latest_checkpoint(os.path.join(output, "checkpoints"))
     if restore_from:
         checkpoint.restore(restore_from).assert_existing_objects_matched()
         log(f"resumed from {restore_from} at step {int(step.numpy())} of {total_steps}")
+        if chief:
+            _drop_log_rows_after(os.path.join(output, "log.csv"), int(step.numpy()), log)
     elif chief:
         log(
             f"training {model.name} ({model.count_params():,} parameters) on {source.name}: "
@@ -405,10 +413,7 @@ _RESUMABLE_CHANGES = {"checkpoint_every", "eval_every", "eval_steps", "note"}
 def _check_same_run(output, run_config):
     """Refuses to resume checkpoints of another experiment into ``output``."""
     saved_path = os.path.join(output, "config.json")
-    if not (
-        tf.train.latest_checkpoint(os.path.join(output, "checkpoints"))
-        and os.path.isfile(saved_path)
-    ):
+    if not (_checkpoints(os.path.join(output, "checkpoints")) and os.path.isfile(saved_path)):
         return
     with open(saved_path, encoding="utf-8") as f:
         saved = json.load(f)
@@ -423,6 +428,158 @@ def _check_same_run(output, run_config):
             f"'{output}' holds checkpoints of a different run ({changes}); resume it with "
             "the same config and data, or train into a new --output."
         )
+
+
+# --- resuming ------------------------------------------------------------------------------
+
+_CHECKPOINT_FILE = re.compile(r"ckpt-(\d+)\.(?:index|data-\d+-of-\d+)")
+_CHECKPOINT_PREFIX = re.compile(r"ckpt-(\d+)")
+# What a killed tf.train.Checkpoint save leaves: its shard folder and its state file temporary.
+_CHECKPOINT_TEMP = re.compile(r"ckpt-\d+_temp|checkpoint\.tmp[0-9a-f]+")
+
+
+def _checkpoint_state(ckpt_dir):
+    """The parsed ``checkpoint`` state file, or None when it is missing or unparsable
+    (the files on disk still say which checkpoints exist)."""
+    try:
+        return tf.train.get_checkpoint_state(ckpt_dir)
+    except Exception:
+        return None
+
+
+def _checkpoints(ckpt_dir):
+    """``{number: timestamp or None}`` of every checkpoint that ``ckpt_dir``'s files or
+    its ``checkpoint`` state file name, whole or not."""
+    found = {}
+    state = _checkpoint_state(ckpt_dir)
+    if state is not None:
+        times = list(state.all_model_checkpoint_timestamps)
+        paths = list(state.all_model_checkpoint_paths)
+        for i, path in enumerate([*paths, state.model_checkpoint_path]):
+            match = _CHECKPOINT_PREFIX.fullmatch(os.path.basename(path))
+            if match:
+                found.setdefault(int(match[1]), times[i] if i < len(times) else None)
+    if os.path.isdir(ckpt_dir):
+        for name in os.listdir(ckpt_dir):
+            match = _CHECKPOINT_FILE.fullmatch(name)
+            if match:
+                found.setdefault(int(match[1]), None)
+    return found
+
+
+def checkpoint_problem(prefix):
+    """What is wrong with the checkpoint at ``prefix`` (one line), or None when its
+    index parses, every data shard is there and every tensor reads back with a
+    matching checksum: what a restore needs, checked before trusting it."""
+    if not os.path.isfile(f"{prefix}.index"):
+        return "its index file is missing"
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)  # checks the stored crc32c of the tensor's bytes
+    except Exception as error:  # TF raises OpError subclasses, IndexError, ValueError...
+        lines = str(error).strip().splitlines() or [""]
+        return f"{type(error).__name__}: {lines[0][:200]}"
+    return None
+
+
+def _logged_rows(log_path):
+    if not os.path.isfile(log_path):
+        return []
+    with open(log_path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def resume_point(output, chief=True, log=print):
+    """The prefix of the newest checkpoint in ``<output>/checkpoints`` that reads back
+    whole (:func:`checkpoint_problem`), or None for a run that has not started.
+
+    Newer checkpoints that fail the check are skipped with a warning and (on the chief)
+    moved to ``checkpoints/damaged/``, and the ``checkpoint`` state file is rewritten to
+    end at the one resumed from, so that the CheckpointManager's rotation keeps it until
+    two newer ones exist. A folder with a training log or checkpoints but none usable
+    is an error, never a silent restart from step 0 over the old log.
+    """
+    ckpt_dir = os.path.join(output, "checkpoints")
+    found = _checkpoints(ckpt_dir)
+    skipped, good = [], None
+    for number in sorted(found, reverse=True):
+        problem = checkpoint_problem(os.path.join(ckpt_dir, f"ckpt-{number}"))
+        if problem is None:
+            good = number
+            break
+        skipped.append((number, problem))
+    if good is None:
+        rows = _logged_rows(os.path.join(output, "log.csv"))
+        if not (rows or skipped):
+            return None
+        what = "; ".join(f"ckpt-{n}: {p}" for n, p in skipped[:2]) or "there are none"
+        raise ValueError(
+            f"'{output}' cannot resume: its log.csv has {len(rows)} epoch row(s) but no "
+            f"checkpoint is usable ({what}). Delete '{output}' (or its log.csv and "
+            "checkpoints/) to train from scratch, or train into a new --output."
+        )
+    if not chief:
+        return os.path.join(ckpt_dir, f"ckpt-{good}")
+    damaged = os.path.join(ckpt_dir, "damaged")
+    for number, problem in skipped:
+        names = [n for n in os.listdir(ckpt_dir) if n.startswith(f"ckpt-{number}.")]
+        for name in names:
+            os.makedirs(damaged, exist_ok=True)
+            os.replace(os.path.join(ckpt_dir, name), os.path.join(damaged, name))
+        where = f"moved to {damaged}" if names else "nothing left to move"
+        log(f"warning: skipped checkpoint ckpt-{number} ({problem}); {where}")
+    state = _checkpoint_state(ckpt_dir)
+    if skipped or state is None or os.path.basename(state.model_checkpoint_path) != f"ckpt-{good}":
+        kept = [n for n in sorted(found) if n <= good and os.path.isfile(
+            os.path.join(ckpt_dir, f"ckpt-{n}.index"))]  # fmt: skip
+        _write_checkpoint_state(ckpt_dir, kept, found)
+    return os.path.join(ckpt_dir, f"ckpt-{good}")
+
+
+def _write_checkpoint_state(ckpt_dir, numbers, timestamps):
+    """The ``checkpoint`` state file (a text proto that CheckpointManager reads) listing
+    ``numbers``, oldest first, the last one as the latest."""
+    lines = [f'model_checkpoint_path: "ckpt-{numbers[-1]}"']
+    lines += [f'all_model_checkpoint_paths: "ckpt-{n}"' for n in numbers]
+    for n in numbers:
+        stamp = timestamps.get(n) or os.path.getmtime(os.path.join(ckpt_dir, f"ckpt-{n}.index"))
+        lines.append(f"all_model_checkpoint_timestamps: {stamp!r}")
+    path = os.path.join(ckpt_dir, "checkpoint")
+    with files.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def _remove_leftovers(output, ckpt_dir, log):
+    """Removes what a killed run leaves behind: ``atomic_path`` temporaries in the run
+    and checkpoint folders, and half-written checkpoint shards and state files."""
+    removed = files.remove_leftovers(output, min_age=60)
+    removed += files.remove_leftovers(ckpt_dir, min_age=0)  # only this process writes here
+    for name in os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else []:
+        if _CHECKPOINT_TEMP.fullmatch(name):
+            path = os.path.join(ckpt_dir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+            removed.append(path)
+    if removed:
+        names = ", ".join(os.path.basename(p) for p in removed[:3])
+        log(f"removed {len(removed)} temporary file(s) of an interrupted run ({names})")
+
+
+def _drop_log_rows_after(log_path, step, log):
+    """Keeps log.csv one row per epoch when a run resumes from a checkpoint older than
+    its last logged epoch: the rows past ``step`` are trained again."""
+    rows = _logged_rows(log_path)
+    kept = [row for row in rows if int(row["step"]) <= step]
+    if len(kept) == len(rows):
+        return
+    with files.atomic_path(log_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=_LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(kept)
+    log(f"dropped {len(rows) - len(kept)} log.csv row(s) past step {step}; they run again")
 
 
 def _write_samples(source, folder):
@@ -451,11 +608,13 @@ def load_run(folder):
     return config, class_names, model, saved["data"]
 
 
+_LOG_FIELDS = ["epoch", "step", "lr", "train_loss", "val_top1", "val_top5", "seconds"]
+
+
 def _append_csv(path, row):
-    fields = ["epoch", "step", "lr", "train_loss", "val_top1", "val_top5", "seconds"]
     new = not os.path.exists(path)
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
+        writer = csv.DictWriter(f, fieldnames=_LOG_FIELDS)
         if new:
             writer.writeheader()
         writer.writerow(row)
