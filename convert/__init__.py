@@ -3,7 +3,9 @@
 Installed as ``keras_poolformer.convert``. The pieces are pure functions:
 
 - :func:`read_checkpoint` (``reader.py``): a file or folder -> ``{key: numpy array}``,
-  through a restricted unpickler that runs nothing from the file;
+  through a restricted unpickler that runs nothing from the file, checking every
+  size the file declares before allocating it; any malformed file raises
+  :class:`CheckpointError` (a ``ValueError``) naming the file and tensor;
 - :func:`to_official` / :func:`detect_layout` / :func:`infer_architecture`
   (``layouts.py``): official, timm or transformers keys -> the official layout;
 - :func:`keras_poolformer.porting.load_state_dict`: official layout -> Keras model;
@@ -22,11 +24,16 @@ from keras_poolformer.convert.layouts import (
     load_official,
     to_official,
 )
-from keras_poolformer.convert.reader import UnsafeCheckpointError, read_checkpoint
+from keras_poolformer.convert.reader import (
+    CheckpointError,
+    UnsafeCheckpointError,
+    read_checkpoint,
+)
 
 OUTPUT_SUFFIXES = (".weights.h5", ".keras")
 
 __all__ = [
+    "CheckpointError",
     "UnsafeCheckpointError",
     "build_for",
     "convert_checkpoint",

@@ -11,7 +11,10 @@
 Every function here is pure: dicts of numpy arrays in, dicts out.
 """
 
+import os
 import re
+
+from keras_poolformer.convert.reader import CheckpointError, read_checkpoint
 
 # (pattern, replacement) applied in order to every key; the first that matches wins.
 _TIMM_RULES = [
@@ -65,12 +68,13 @@ def _strip_transformers_prefix(state):
 
 
 def detect_layout(state):
-    """``"official"``, ``"timm"`` or ``"transformers"``; ``ValueError`` for anything else."""
+    """``"official"``, ``"timm"`` or ``"transformers"``; :class:`CheckpointError` (a
+    ``ValueError``) for anything else."""
     keys = set(_strip_transformers_prefix(state))
     found = [layout for layout, marker in _MARKERS.items() if marker in keys]
     if len(found) != 1:
         sample = ", ".join(sorted(state)[:5])
-        raise ValueError(
+        raise CheckpointError(
             "not a PoolFormer checkpoint in a known layout (official sail-sg, timm, or "
             f"transformers): expected a key such as {', '.join(_MARKERS.values())}; "
             f"found {len(state)} tensors, e.g. {sample}."
@@ -113,6 +117,16 @@ def to_official(state, layout=None):
     return official, layout
 
 
+def _leading_dim(state, key):
+    """The first dimension of ``state[key]``, which must be there and not be empty."""
+    if key not in state:
+        raise CheckpointError(f"cannot read the architecture: {key} is missing.")
+    shape = state[key].shape
+    if not shape or not all(shape):
+        raise CheckpointError(f"cannot read the architecture: {key} has shape {shape}.")
+    return int(shape[0])
+
+
 def infer_architecture(state):
     """Reads depths, dims, mlp ratio and classes off an official-layout state dict.
 
@@ -120,11 +134,8 @@ def infer_architecture(state):
         ``dict(depths, dims, mlp_ratio, classes, variant)`` where ``variant`` is the
         named variant ("s12"...) with these depths and dims, or ``None``.
     """
-    try:
-        dims = [state["patch_embed.proj.weight"].shape[0]]
-        dims += [state[f"network.{2 * s - 1}.proj.weight"].shape[0] for s in (1, 2, 3)]
-    except KeyError as error:
-        raise ValueError(f"cannot read the architecture: {error.args[0]} is missing.") from None
+    dims = [_leading_dim(state, "patch_embed.proj.weight")]
+    dims += [_leading_dim(state, f"network.{2 * s - 1}.proj.weight") for s in (1, 2, 3)]
     depths = []
     for s in range(4):
         blocks = {
@@ -133,10 +144,9 @@ def infer_architecture(state):
             if (m := re.match(rf"network\.{2 * s}\.(\d+)\.norm1\.weight$", key))
         }
         depths.append(max(blocks) + 1 if blocks else 0)
-    fc1 = state.get("network.0.0.mlp.fc1.weight")
-    mlp_ratio = fc1.shape[0] / dims[0] if fc1 is not None else 4.0
-    head = state.get("head.weight")
-    classes = head.shape[0] if head is not None else None
+    fc1 = "network.0.0.mlp.fc1.weight"
+    mlp_ratio = _leading_dim(state, fc1) / dims[0] if fc1 in state else 4.0
+    classes = _leading_dim(state, "head.weight") if "head.weight" in state else None
 
     from keras_poolformer.models import MODEL_CONFIGS
 
@@ -169,7 +179,13 @@ def load_official(path):
 
     Returns:
         ``(official_state, layout)``.
-    """
-    from keras_poolformer.convert.reader import read_checkpoint
 
-    return to_official(read_checkpoint(path))
+    Raises:
+        CheckpointError: the file does not read (:func:`read_checkpoint`), or holds
+            no PoolFormer in a known layout; the message names the file.
+    """
+    state = read_checkpoint(path)
+    try:
+        return to_official(state)
+    except CheckpointError as error:
+        raise CheckpointError(f"checkpoint '{os.fspath(path)}': {error}") from None

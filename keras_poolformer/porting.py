@@ -194,12 +194,32 @@ class PortReport:
     skipped: tuple
 
 
+# At most this many examples per kind of misfit in an error: enough to see the
+# pattern, short enough that the first line stays the one that is read.
+_EXAMPLES = 3
+
+
+def _variant_of(shapes):
+    """``"PoolFormer-S12"``... when ``{key: shape}`` holds exactly the trunk of a
+    named variant (classifier and final norm aside), else ``None``; for messages."""
+    from keras_poolformer.models import MODEL_CONFIGS
+
+    trunk = {k: tuple(s) for k, s in shapes.items() if not k.startswith(CLASSIFIER_ONLY)}
+    for key, config in MODEL_CONFIGS.items():
+        wanted = official_shapes(config["depths"], config["dims"], classes=None, final_norm=False)
+        if trunk == wanted:
+            return f"PoolFormer-{key.upper()}"
+    return None
+
+
 def check_state_dict(state_dict, expected, target, hint=""):
     """Checks a state dict against the ``{key: official shape}`` a model needs.
 
     Keys of the classifier and final norm that ``expected`` lacks are skipped (a
-    model without a top), any other extra key is unexpected. Raises one
-    ``ValueError`` listing every missing, unexpected and mis-shaped tensor.
+    model without a top), any other extra key is unexpected. Raises one short
+    ``ValueError``: a first line with the problem (the variants, when both sides are
+    named ones, and how many tensors are missing, unexpected or mis-shaped), then at
+    most three examples of each.
 
     Args:
         state_dict: official key -> numpy array.
@@ -219,20 +239,35 @@ def check_state_dict(state_dict, expected, target, hint=""):
             misshaped.append(f"{key}: checkpoint {tuple(array.shape)}, model {expected[key]}")
         elif not np.issubdtype(array.dtype, np.floating):
             misshaped.append(f"{key}: dtype {array.dtype} is not floating point")
-    if missing or unexpected or misshaped:
-        lines = [f"The state dict does not fit {target}:"]
+    if not (missing or unexpected or misshaped):
+        return tuple(skipped)
+    kinds = [
+        (title, items)
         for title, items in (
             ("missing", missing),
             ("unexpected", unexpected),
             ("wrong shape or dtype", misshaped),
-        ):
-            if items:
-                lines.append(f"  {len(items)} {title}:")
-                lines.extend(f"    {item}" for item in items)
-        if hint:
-            lines.append(hint)
-        raise ValueError("\n".join(lines))
-    return tuple(skipped)
+        )
+        if items
+    ]
+    counts = ", ".join(f"{len(items)} {title}" for title, items in kinds)
+    theirs = _variant_of({key: array.shape for key, array in state_dict.items()})
+    ours = _variant_of(expected)
+    if theirs and ours and theirs != ours:
+        differ = len(unexpected) + len(misshaped)
+        lines = [
+            f"the state dict holds {theirs}, {target} is {ours}: {differ} of its "
+            f"{len(state_dict)} tensors do not fit ({counts})"
+        ]
+    else:
+        lines = [f"the state dict does not fit {target}: {counts}"]
+    for title, items in kinds:
+        more = len(items) - _EXAMPLES
+        lines.append(f"  {title}" + (f" ({_EXAMPLES} of {len(items)}):" if more > 0 else ":"))
+        lines.extend(f"    {item}" for item in items[:_EXAMPLES])
+    if hint:
+        lines.append(hint)
+    raise ValueError("\n".join(lines))
 
 
 def load_state_dict(model, state_dict):
@@ -245,8 +280,8 @@ def load_state_dict(model, state_dict):
     OIHW to HWIO, the classifier from (out, in) to (in, out).
 
     All checks run before any weight is written: on any mismatch the model is left
-    as it was and one ``ValueError`` lists every missing, unexpected and
-    mis-shaped tensor.
+    as it was and one short ``ValueError`` says how many tensors are missing,
+    unexpected and mis-shaped, with a few of each (:func:`check_state_dict`).
 
     Args:
         model: a model built by this package (any variant, with or without top).
