@@ -220,6 +220,11 @@ def export(args):
     import keras_poolformer as kp
     from keras_poolformer import export as export_lib
 
+    limits = kp.imagenet.ImageLimits(  # checked before the model is built
+        max_pixels=args.max_pixels,
+        max_side=args.max_side,
+        max_aspect_ratio=args.max_aspect_ratio,
+    )
     model, class_names, size, crop_pct = _classifier(args)
     reference = export_lib.logits_model(model)
     deployed = export_lib.fold(reference) if args.fold else reference
@@ -238,7 +243,7 @@ def export(args):
     rows = []
 
     directory = export_lib.export_saved_model(
-        deployed, args.saved_model, args.version, class_names, crop_pct
+        deployed, args.saved_model, args.version, class_names, crop_pct, image_limits=limits
     )
     print(f"SavedModel: {directory} (signatures serving_default, predict_pixels; warm-up requests)")
     if images is not None:
@@ -304,6 +309,13 @@ def gradcam(args):
         save_overlay(image, heatmap, f"{names[index]} ({row[index]:.1%})", target)
         print(f"{path}: {names[index]} ({row[index]:.1%}) -> {target}")
     return 0
+
+
+def _image_limit_defaults():
+    """The default serving image limits (the export command's option defaults)."""
+    from keras_poolformer.imagenet import DEFAULT_IMAGE_LIMITS
+
+    return DEFAULT_IMAGE_LIMITS
 
 
 def build_parser():
@@ -380,6 +392,25 @@ def build_parser():
     )
     p.add_argument("--images", nargs="+", metavar="IMAGE", help="check the exports on these")
     p.add_argument("--check-images", type=int, default=16, help="checks from --calibration")
+    limits = _image_limit_defaults()
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=limits.max_pixels,
+        help=f"serving refuses images of more pixels (default {limits.max_pixels})",
+    )
+    p.add_argument(
+        "--max-side",
+        type=int,
+        default=limits.max_side,
+        help=f"serving refuses images with a longer side (default {limits.max_side})",
+    )
+    p.add_argument(
+        "--max-aspect-ratio",
+        type=float,
+        default=limits.max_aspect_ratio,
+        help=f"serving refuses longer/shorter sides beyond (default {limits.max_aspect_ratio:g})",
+    )
     p.set_defaults(handler=export)
 
     p = commands.add_parser("gradcam", help="Grad-CAM heat-map overlays as PNG files")

@@ -2,16 +2,21 @@
 
 The SavedModel needs TensorFlow alone to serve (no ``keras_poolformer`` import):
 
-- ``serving_default``: ``image_bytes`` (a batch of encoded JPEG/PNG/BMP/GIF images of
-  any size, grey, RGB or RGBA) -> ``probabilities`` (batch x classes), ``classes``
-  (top-5 indices) and ``labels`` (top-5 names). The evaluation transform (bicubic
-  resize of the shorter side to ``int(size / crop_pct)``, centre crop) runs in the graph.
+- ``serving_default``: ``image_bytes`` (a batch of encoded JPEG/PNG/BMP/GIF images,
+  grey, RGB or RGBA) -> ``probabilities`` (batch x classes), ``classes`` (top-5
+  indices) and ``labels`` (top-5 names). The evaluation transform (bicubic resize of
+  the shorter side to ``int(size / crop_pct)``, centre crop) runs in the graph. Each
+  image's header is checked against :class:`~keras_poolformer.imagenet.ImageLimits`
+  before it is decoded, and the images of a batch are decoded one at a time, so a
+  request's memory stays bounded; a refused image fails its request with
+  InvalidArgument.
 - ``predict_pixels``: ``images`` (batch x size x size x 3, RGB 0..255) -> ``logits`` and
   ``probabilities``.
 - ``assets.extra/tf_serving_warmup_requests``: one warm-up request per signature.
 
 It is written in TF Serving's layout, ``DIR/<version>/``, under a temporary name that is
-renamed when complete.
+renamed when complete, readable by other users (folders 0755, files 0644 under umask
+022, as ``cp`` makes them) so that a TF Serving process under another user can load it.
 """
 
 import os
@@ -20,8 +25,8 @@ import tempfile
 
 import numpy as np
 
+from keras_poolformer.imagenet import DEFAULT_IMAGE_LIMITS, decode_image, eval_transform
 from keras_poolformer.imagenet import class_names as imagenet_class_names
-from keras_poolformer.imagenet import decode_image, eval_transform
 from keras_poolformer.tflite_io import invoke_tflite
 
 TOP_K = 5
@@ -99,9 +104,15 @@ def _names(model, class_names):
     return list(class_names)
 
 
-def serving_functions(model, class_names=None, crop_pct=0.9):
-    """The two serving ``tf.function``\\ s of a classifier (see the module docstring)."""
+def serving_functions(model, class_names=None, crop_pct=0.9, image_limits=None):
+    """The two serving ``tf.function``\\ s of a classifier (see the module docstring).
+
+    ``image_limits``: the :class:`~keras_poolformer.imagenet.ImageLimits` of
+    ``serving_default`` (``None``: the defaults).
+    """
     import tensorflow as tf
+
+    limits = DEFAULT_IMAGE_LIMITS if image_limits is None else image_limits
 
     size = _image_size(model)
     names = tf.constant(_names(model, class_names))
@@ -109,12 +120,17 @@ def serving_functions(model, class_names=None, crop_pct=0.9):
     top_k = min(TOP_K, len(_names(model, class_names)))
 
     def decode(data):
-        return eval_transform(decode_image(data), size, crop_pct)
+        return eval_transform(decode_image(data, limits), size, crop_pct)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve_bytes(image_bytes):
+        # One image at a time: a batch of large images never holds several decoded
+        # images (and their resize buffers) at once.
         images = tf.map_fn(
-            decode, image_bytes, fn_output_signature=tf.TensorSpec((size, size, 3), tf.float32)
+            decode,
+            image_bytes,
+            fn_output_signature=tf.TensorSpec((size, size, 3), tf.float32),
+            parallel_iterations=1,
         )
         probabilities = tf.nn.softmax(tf.cast(logits_of(images, training=False), tf.float32))
         top = tf.math.top_k(probabilities, top_k)
@@ -159,7 +175,13 @@ def _warmup_records(path, model_name, size):
 
 
 def export_saved_model(
-    model, directory, version=1, class_names=None, crop_pct=0.9, model_name=None
+    model,
+    directory,
+    version=1,
+    class_names=None,
+    crop_pct=0.9,
+    model_name=None,
+    image_limits=None,
 ):
     """Writes ``model`` as a TF Serving SavedModel at ``directory/<version>/``.
 
@@ -170,6 +192,9 @@ def export_saved_model(
         class_names: names for the ``labels`` output (ImageNet's for 1000 classes).
         crop_pct: the evaluation crop of the weights.
         model_name: the name in the warm-up requests (TF Serving's ``--model_name``).
+        image_limits: the :class:`~keras_poolformer.imagenet.ImageLimits` that
+            ``serving_default`` holds requests to (``None``: the defaults, 2**24
+            pixels, 8192 a side, aspect ratio 20).
 
     Returns:
         The path of the version folder.
@@ -178,7 +203,7 @@ def export_saved_model(
 
     if not isinstance(version, int) or version < 1:
         raise ValueError(f"version must be a positive integer, got {version!r}.")
-    serve_bytes, serve_pixels = serving_functions(model, class_names, crop_pct)
+    serve_bytes, serve_pixels = serving_functions(model, class_names, crop_pct, image_limits)
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", serve_bytes)
@@ -191,6 +216,7 @@ def export_saved_model(
         archive.write_out(staging, verbose=False)
         records = os.path.join(staging, "assets.extra", "tf_serving_warmup_requests")
         _warmup_records(records, model_name or model.name, _image_size(model))
+        _make_readable(staging)
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(staging, final)
@@ -198,6 +224,20 @@ def export_saved_model(
         if os.path.exists(staging):
             shutil.rmtree(staging)
     return final
+
+
+def _make_readable(folder):
+    """Gives ``folder`` and everything in it the modes ``cp`` would: ``0o777`` for
+    folders and ``0o666`` for files, less the umask. ``tempfile.mkdtemp`` makes the
+    folder 0700, which a server under another user cannot read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for root, folders, names in os.walk(folder):
+        for name in folders:
+            os.chmod(os.path.join(root, name), 0o777 & ~umask)
+        for name in names:
+            os.chmod(os.path.join(root, name), 0o666 & ~umask)
 
 
 # --- TFLite ------------------------------------------------------------------------------

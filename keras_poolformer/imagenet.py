@@ -1,11 +1,20 @@
-"""ImageNet helpers: input preprocessing, the evaluation transform, class names.
+"""ImageNet helpers: input preprocessing, image decoding, the evaluation transform,
+class names.
 
 The 1000 class names ship inside the package (``data/imagenet_classes.tsv``, in the
 standard ILSVRC2012 class order), so :func:`decode_predictions` never downloads.
+
+Images are decoded only after their header says they are within :class:`ImageLimits`
+(:func:`decode_image`), so that a few hostile bytes cannot make a server, a
+prediction or a data pipeline allocate gigabytes.
 """
 
+import dataclasses
 import functools
 import importlib.resources
+import numbers
+import os
+import re
 
 import numpy as np
 
@@ -108,22 +117,16 @@ def eval_transform(image, image_size=224, crop_pct=DEFAULT_CROP_PCT):
     # Same rounding as torchvision's Resize(int): the long side is truncated.
     new_h = tf.where(height <= width, scale_size, (scale_size * height) // short)
     new_w = tf.where(height <= width, (scale_size * width) // short, scale_size)
-    resized = tf.image.resize(
-        tf.cast(image, tf.float32), tf.stack([new_h, new_w]), method="bicubic", antialias=True
-    )
+    if image.dtype != tf.uint8:
+        image = tf.cast(image, tf.float32)
+    # uint8 goes to the resize as it is (the result is the same, float32): a float32
+    # copy of a large decoded image would be four times its size.
+    resized = tf.image.resize(image, tf.stack([new_h, new_w]), method="bicubic", antialias=True)
     top = _center_offset(new_h - image_size)
     left = _center_offset(new_w - image_size)
     cropped = resized[top : top + image_size, left : left + image_size, :]
     cropped = tf.ensure_shape(cropped, (image_size, image_size, None))
     return tf.clip_by_value(cropped, 0.0, 255.0)
-
-
-def decode_image(data):
-    """Decodes JPEG, PNG, BMP or GIF bytes (grey, RGB or RGBA; a GIF's first frame)
-    into a ``uint8`` RGB tensor ``(height, width, 3)``. Works in graphs and ``tf.data``."""
-    import tensorflow as tf
-
-    return tf.io.decode_image(data, channels=3, expand_animations=False)
 
 
 def _center_offset(margin):
@@ -133,16 +136,319 @@ def _center_offset(margin):
     return half + (margin % 2) * (half % 2)
 
 
-def load_image(path, image_size=224, crop_pct=DEFAULT_CROP_PCT):
-    """Reads an image file (JPEG, PNG, BMP, GIF; grey, RGB or RGBA) and applies
-    :func:`eval_transform`. Returns a float32 numpy array ``(size, size, 3)``."""
+# --- decoding within limits --------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageLimits:
+    """The largest image :func:`decode_image` decodes. The size is read from the
+    image's header and checked before any pixel is decoded.
+
+    Attributes:
+        max_pixels: height x width at most. An animated GIF also counts the pixels
+            of all its frames together, since TensorFlow decodes every frame of it.
+            The default, 2**24 (16.8 MP: 4096 x 4096, or 5000 x 3355), bounds the
+            decoded uint8 RGB image at 48 MiB and a progressive JPEG's coefficient
+            buffers at 96 MiB.
+        max_side: the longer side at most (default 8192): it bounds the decoders'
+            row buffers and the resize's per-axis weights.
+        max_aspect_ratio: longer side / shorter side at most (default 20). The
+            evaluation transform resizes the shorter side to ``int(224 / crop_pct)``
+            (248 at crop 0.9), so the longer side of the resized float32 image grows
+            with the ratio: at 20 it is at most 4,960 (14 MiB), while a 1 x 20000
+            image would become 248 x 4,960,000 (14.7 GB).
+    """
+
+    max_pixels: int = 2**24
+    max_side: int = 8192
+    max_aspect_ratio: float = 20.0
+
+    def __post_init__(self):
+        for name in ("max_pixels", "max_side"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        ratio = self.max_aspect_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not ratio >= 1:
+            raise ValueError(f"max_aspect_ratio must be a number >= 1, got {ratio!r}.")
+
+    @property
+    def gif_max_blocks(self):
+        """How many GIF blocks the header walk follows before refusing the file: one
+        per 64 pixels allowed (at least 4096). An image at ``max_pixels`` needs at most
+        ``1.5 * max_pixels / 255`` data blocks (12-bit LZW codes on incompressible
+        pixels, 255 bytes a block); the bound keeps the walk, a few microseconds a
+        block, from being driven by a file made of one-byte blocks."""
+        return max(int(self.max_pixels) // 256, 4096)
+
+
+DEFAULT_IMAGE_LIMITS = ImageLimits()
+
+# A progressive JPEG decodes every scan over the whole image; standard encoders write
+# up to about a dozen. A file with thousands of tiny scans would cost seconds of CPU.
+JPEG_MAX_SCANS = 100
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def decode_image(data, limits=DEFAULT_IMAGE_LIMITS):
+    """Decodes JPEG, PNG, BMP or GIF bytes (grey, RGB or RGBA; a GIF's first frame)
+    into a ``uint8`` RGB tensor ``(height, width, 3)``, after checking the size the
+    header declares against ``limits`` (:class:`ImageLimits`; ``None``: the defaults).
+
+    Works eagerly, in ``tf.function``, in ``tf.data`` and in an exported SavedModel
+    (TensorFlow ops only). Other formats (WebP, JPEG XL, ...) are refused: their size
+    is not checked here. A refused or corrupt image raises
+    ``tf.errors.InvalidArgumentError``, with the limit and the image's size in the
+    message for a refused one.
+    """
     import tensorflow as tf
 
-    data = tf.io.read_file(str(path))
+    problem = image_problem(data, limits)
+    check = tf.raw_ops.Assert(condition=tf.equal(problem, ""), data=[problem])
+    if check is not None:  # in a graph; eagerly, the Assert has already run
+        with tf.control_dependencies([check]):
+            data = tf.identity(data)
+    return tf.io.decode_image(data, channels=3, expand_animations=False)
+
+
+def image_problem(data, limits=DEFAULT_IMAGE_LIMITS):
+    """Why ``data`` (encoded image bytes, a scalar string tensor) may not be decoded
+    under ``limits``, as a scalar string tensor; empty when it may. Only the header
+    is read (a GIF's block structure is walked, its pixels are not decoded)."""
+    return _problem_function(DEFAULT_IMAGE_LIMITS if limits is None else limits)(data)
+
+
+@functools.cache
+def _problem_function(limits):
+    """One ``tf.function`` per limits: traced once, fast when called eagerly, and
+    saved with a SavedModel that calls it."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+    def image_problem(data):
+        return _image_problem(data, limits)
+
+    return image_problem
+
+
+def _image_problem(data, limits):
+    import tensorflow as tf
+
+    # The first 32 bytes, zero-padded: the headers are read from here.
+    first = tf.strings.substr(tf.strings.join([tf.strings.substr(data, 0, 32), b"\0" * 32]), 0, 32)
+    head = tf.cast(tf.reshape(tf.io.decode_raw(first, tf.uint8), [32]), tf.int64)
+    length = tf.cast(tf.strings.length(data), tf.int64)
+
+    def starts(position, magic):
+        return tf.strings.substr(first, position, len(magic)) == magic
+
+    # The format is told from the first bytes as TensorFlow's decoder tells it.
+    kind = tf.where(starts(0, b"\xff\xd8\xff"), 1, 0)
+    kind = tf.where((kind == 0) & starts(0, _PNG_SIGNATURE), 2, kind)
+    kind = tf.where((kind == 0) & starts(0, b"GIF8"), 3, kind)
+    kind = tf.where((kind == 0) & starts(0, b"BM"), 4, kind)
+    zero = tf.constant(0, tf.int64)
+
+    def unknown():
+        webp = starts(0, b"RIFF") & starts(8, b"WEBP")
+        why = tf.where(
+            webp,
+            "WebP images are not accepted (JPEG, PNG, GIF or BMP only)",
+            "not a JPEG, PNG, GIF or BMP image",
+        )
+        return zero, zero, zero, why
+
+    def jpeg():
+        shape = tf.cast(tf.image.extract_jpeg_shape(data), tf.int64)
+        scans = tf.size(tf.strings.split(data, sep=b"\xff\xda"), out_type=tf.int64) - 1
+        why = tf.where(
+            scans > JPEG_MAX_SCANS,
+            tf.strings.join(
+                [
+                    "JPEG of ",
+                    tf.strings.as_string(scans),
+                    f" scans is beyond the {JPEG_MAX_SCANS} accepted",
+                ]
+            ),
+            "",
+        )
+        return shape[0], shape[1], zero, why
+
+    def png():
+        # The IHDR chunk comes first: width and height, big-endian, at bytes 16..24.
+        ok = (length >= 24) & starts(12, b"IHDR")
+        width = _unsigned(head[16:20], big_endian=True)
+        height = _unsigned(head[20:24], big_endian=True)
+        return height, width, zero, tf.where(ok, "", "truncated or malformed PNG header")
+
+    def bmp():
+        # Signed little-endian int32 width at 18 and height at 22 (negative: top-down).
+        width = _signed32(_unsigned(head[18:22]))
+        height = tf.abs(_signed32(_unsigned(head[22:26])))
+        return height, width, zero, tf.where(length >= 32, "", "truncated BMP header")
+
+    def gif():
+        return _gif_size(data, limits)
+
+    height, width, frame_pixels, why = tf.switch_case(
+        tf.cast(kind, tf.int32), [unknown, jpeg, png, gif, bmp]
+    )
+    size = tf.strings.join(
+        [tf.strings.as_string(height), " x ", tf.strings.as_string(width), " pixels"]
+    )
+
+    def beyond(limit):
+        return tf.strings.join(["image of ", size, f" (height x width) is beyond {limit}"])
+
+    long_side = tf.cast(tf.maximum(height, width), tf.float64)
+    short_side = tf.cast(tf.minimum(height, width), tf.float64)
+    pixels = tf.cast(height, tf.float64) * tf.cast(width, tf.float64)
+    checks = [
+        (tf.not_equal(why, ""), why),
+        (short_side < 1, tf.strings.join(["image header declares ", size])),
+        (long_side > limits.max_side, beyond(f"the limit max_side={limits.max_side}")),
+        (pixels > limits.max_pixels, beyond(f"the limit max_pixels={limits.max_pixels}")),
+        (
+            long_side > limits.max_aspect_ratio * short_side,
+            beyond(f"the limit max_aspect_ratio={limits.max_aspect_ratio:g}"),
+        ),
+        (
+            frame_pixels > limits.max_pixels,
+            tf.strings.join(
+                [
+                    "GIF whose frames hold ",
+                    tf.strings.as_string(frame_pixels),
+                    f" pixels in all is beyond the limit max_pixels={limits.max_pixels}"
+                    " (every frame is decoded)",
+                ]
+            ),
+        ),
+    ]
+    problem = tf.constant("")
+    for failed, message in reversed(checks):  # the first failing check is reported
+        problem = tf.where(failed, message, problem)
+    return problem
+
+
+def _unsigned(values, big_endian=False):
+    """The unsigned integer of a few bytes (an int64 tensor of byte values)."""
+    import tensorflow as tf
+
+    count = int(values.shape[0])
+    shifts = [8 * (count - 1 - i) if big_endian else 8 * i for i in range(count)]
+    return tf.reduce_sum(tf.bitwise.left_shift(values, tf.constant(shifts, tf.int64)))
+
+
+def _signed32(value):
+    import tensorflow as tf
+
+    return tf.where(value >= 2**31, value - 2**32, value)
+
+
+def _gif_size(data, limits):
+    """(canvas height, canvas width, pixels of all frames, problem) of a GIF.
+
+    TensorFlow's GIF decoder (giflib's ``DGifSlurp``) reads every frame, each into a
+    buffer the size its frame descriptor declares, even when only the first is
+    returned, and returns a canvas as wide as the widest frame and as high as the
+    highest. So the block structure is walked to every frame descriptor: the header
+    and global colour table, then records (``,`` image: descriptor, local colour
+    table, LZW code size, data sub-blocks; ``!`` extension: label, sub-blocks;
+    ``;`` end), each sub-block a length byte and that many bytes, a zero length
+    ending the record.
+    """
+    import tensorflow as tf
+
+    length = tf.strings.length(data)
+    padded = tf.concat([tf.io.decode_raw(data, tf.uint8), tf.zeros([16], tf.uint8)], 0)
+    max_blocks = limits.gif_max_blocks
+
+    def colour_table(flags):  # 3 * 2**(size + 1) bytes when the table flag is set
+        return tf.where(flags >= 128, tf.bitwise.left_shift(6, flags % 8), 0)
+
+    screen = tf.unstack(tf.cast(padded[6:11], tf.int32), num=5)
+    screen_width = screen[0] + 256 * screen[1]
+    screen_height = screen[2] + 256 * screen[3]
+    start = 13 + colour_table(screen[4])
+
+    # One step per record or sub-block; kept to few ops, since a file of one-byte
+    # sub-blocks makes as many steps as it has bytes (up to max_blocks).
+    def walk(position, in_record, blocks, frame_pixels, widest, highest):
+        window = tf.unstack(tf.cast(tf.slice(padded, [position], [10]), tf.int32), num=10)
+        value = window[0]
+        is_image = (value == 0x2C) & ~in_record
+        is_extension = (value == 0x21) & ~in_record
+        width = window[5] + 256 * window[6]
+        height = window[7] + 256 * window[8]
+        image_data = position + 11 + colour_table(window[9])
+        record = tf.where(is_image, image_data, tf.where(is_extension, position + 2, length))
+        return (
+            tf.where(in_record, position + value + 1, record),  # a zero ends the record
+            tf.where(in_record, value != 0, is_image | is_extension),
+            blocks + 1,
+            frame_pixels + tf.where(is_image, tf.cast(width * height, tf.int64), 0),
+            tf.where(is_image, tf.maximum(widest, width), widest),
+            tf.where(is_image, tf.maximum(highest, height), highest),
+        )
+
+    zero = tf.constant(0)
+    position, _, _, frame_pixels, widest, highest = tf.while_loop(
+        lambda position, _, blocks, *rest: (position < length) & (blocks < max_blocks),
+        walk,
+        (start, tf.constant(False), zero, tf.constant(0, tf.int64), zero, zero),
+    )
+    screen = tf.cast(screen_width, tf.float64) * tf.cast(screen_height, tf.float64)
+    big_screen = (tf.maximum(screen_width, screen_height) > limits.max_side) | (
+        screen > limits.max_pixels
+    )
+    why = tf.where(
+        length < 13,
+        "truncated GIF header",
+        tf.where(
+            position < length,
+            f"GIF of more than {max_blocks} blocks is beyond what is walked before decoding",
+            tf.where(
+                big_screen,
+                tf.strings.join(
+                    [
+                        "GIF screen of ",
+                        tf.strings.as_string(screen_height),
+                        " x ",
+                        tf.strings.as_string(screen_width),
+                        " pixels (height x width) is beyond the limits",
+                    ]
+                ),
+                "",
+            ),
+        ),
+    )
+    return tf.cast(highest, tf.int64), tf.cast(widest, tf.int64), frame_pixels, why
+
+
+def load_image(path, image_size=224, crop_pct=DEFAULT_CROP_PCT, limits=DEFAULT_IMAGE_LIMITS):
+    """Reads an image file (JPEG, PNG, BMP, GIF; grey, RGB or RGBA) within ``limits``
+    (:class:`ImageLimits`) and applies :func:`eval_transform`. Returns a float32 numpy
+    array ``(size, size, 3)``; a missing file, a folder, an image beyond the limits or
+    one that does not decode raise ``ValueError`` naming the path."""
+    import tensorflow as tf
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"'{path}' is a folder, not an image file.")
     try:
-        image = decode_image(data)
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ValueError(f"'{path}' does not exist.") from None
+    except OSError as error:
+        raise ValueError(f"'{path}' cannot be read: {error.strerror or error}.") from None
+    try:
+        image = decode_image(tf.constant(data), limits)
     except tf.errors.InvalidArgumentError as error:
-        raise ValueError(
-            f"'{path}' is not an image TensorFlow can decode: {error.message}"
-        ) from None
+        refused = re.search(r"assertion failed: \[(.*?)\]", error.message, re.S)
+        if refused:
+            raise ValueError(f"'{path}' is refused: {refused[1]}.") from None
+        reason = re.sub(r"\{\{[^}]*\}\}", "", error.message).strip().splitlines()[0]
+        raise ValueError(f"'{path}' is not an image TensorFlow can decode: {reason}") from None
     return eval_transform(image, image_size, crop_pct).numpy()

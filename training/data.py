@@ -5,8 +5,9 @@
 - ``folder:PATH``: class sub-folders of images. If PATH has ``train/`` (and
   ``val/``) sub-folders they are the splits (Imagenette's layout); otherwise every
   tenth image of each class (by sorted name) is held out for validation. Files that
-  do not decode are skipped and counted (a scan at the first run, kept in the
-  output folder).
+  do not decode, or are beyond the image limits
+  (:class:`keras_poolformer.imagenet.ImageLimits`, checked from their headers), are
+  skipped and counted (a scan at the first run, kept in the output folder).
 - ``tfds:NAME[:split]``: any TFDS image-classification dataset (``image`` and
   ``label`` features), read from ``--data-dir``; ``imagenet2012`` built from a
   manual download works. The split names the training split (default ``train``);
@@ -28,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_poolformer import files
-from keras_poolformer.imagenet import decode_image, eval_transform
+from keras_poolformer.imagenet import DEFAULT_IMAGE_LIMITS, decode_image, eval_transform
 from keras_poolformer.training import augment
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -85,11 +86,13 @@ def _list_images(path, classes):
 
 
 def _readable(paths, cache_file):
-    """A boolean mask of the files that decode, scanned once and cached in ``cache_file``."""
+    """A boolean mask of the files that decode within the default image limits, scanned
+    once and cached in ``cache_file`` (a scan made under other limits is redone)."""
+    limits = dataclasses.asdict(DEFAULT_IMAGE_LIMITS)
     if cache_file and os.path.isfile(cache_file):
         with open(cache_file, encoding="utf-8") as f:
             cached = json.load(f)
-        if cached.get("count") == len(paths):
+        if cached.get("count") == len(paths) and cached.get("image_limits") == limits:
             bad = set(cached["unreadable"])
             return np.array([p not in bad for p in paths])
     print(f"checking that {len(paths)} images decode (once; the result is kept)...", flush=True)
@@ -112,6 +115,7 @@ def _readable(paths, cache_file):
             json.dump(
                 {
                     "count": len(paths),
+                    "image_limits": limits,
                     "unreadable": [p for p, v in zip(paths, ok, strict=True) if not v],
                 },
                 f,
