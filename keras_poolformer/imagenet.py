@@ -174,11 +174,12 @@ class ImageLimits:
 
     @property
     def gif_max_blocks(self):
-        """How many GIF blocks the header walk follows before refusing the file: one
-        per 64 pixels allowed (at least 4096). An image at ``max_pixels`` needs at most
-        ``1.5 * max_pixels / 255`` data blocks (12-bit LZW codes on incompressible
-        pixels, 255 bytes a block); the bound keeps the walk, a few microseconds a
-        block, from being driven by a file made of one-byte blocks."""
+        """How many blocks the walk of a GIF's structure follows before the file is
+        refused: one per 256 pixels allowed, at least 4096 (65,536 by default; a record,
+        an image or an extension, counts as 4). At 255 bytes a data block, that is
+        16 MiB of LZW data: a 16.8 MP GIF compresses to less unless it is noise. The
+        bound keeps a file made of one-byte blocks from making the walk (a few
+        microseconds a block) take long: at most about half a second."""
         return max(int(self.max_pixels) // 256, 4096)
 
 
@@ -372,31 +373,44 @@ def _gif_size(data, limits):
     screen_height = screen[2] + 256 * screen[3]
     start = 13 + colour_table(screen[4])
 
-    # One step per record or sub-block; kept to few ops, since a file of one-byte
-    # sub-blocks makes as many steps as it has bytes (up to max_blocks).
-    def walk(position, in_record, blocks, frame_pixels, widest, highest):
+    # Each record and each sub-block is one step of a loop, up to max_blocks steps: a
+    # file of one-byte sub-blocks has as many steps as it has bytes. The steps are kept
+    # to a few ops, sub-blocks (most of a GIF) to the fewest.
+    def length_byte(position):  # 0 at and past the end
+        return tf.cast(tf.gather(padded, tf.minimum(position, length)), tf.int32)
+
+    def skip_sub_blocks(position, blocks):
+        position, blocks = tf.while_loop(
+            lambda position, blocks: (length_byte(position) != 0) & (blocks < max_blocks),
+            lambda position, blocks: (position + length_byte(position) + 1, blocks + 1),
+            (position, blocks),
+        )
+        return position + 1, blocks + 1  # past the zero length that ends the record
+
+    def record(position, blocks, frame_pixels, widest, highest):
         window = tf.unstack(tf.cast(tf.slice(padded, [position], [10]), tf.int32), num=10)
-        value = window[0]
-        is_image = (value == 0x2C) & ~in_record
-        is_extension = (value == 0x21) & ~in_record
+        is_image = tf.equal(window[0], 0x2C)
         width = window[5] + 256 * window[6]
         height = window[7] + 256 * window[8]
-        image_data = position + 11 + colour_table(window[9])
-        record = tf.where(is_image, image_data, tf.where(is_extension, position + 2, length))
+        image_data = position + 11 + colour_table(window[9])  # after the LZW code size
+        data = tf.where(
+            is_image, image_data, tf.where(tf.equal(window[0], 0x21), position + 2, length)
+        )  # ";" (the end) or anything else: stop
+        # A record costs about four sub-blocks to walk, and counts as four.
+        position, blocks = skip_sub_blocks(data, blocks + 4)
         return (
-            tf.where(in_record, position + value + 1, record),  # a zero ends the record
-            tf.where(in_record, value != 0, is_image | is_extension),
-            blocks + 1,
+            position,
+            blocks,
             frame_pixels + tf.where(is_image, tf.cast(width * height, tf.int64), 0),
             tf.where(is_image, tf.maximum(widest, width), widest),
             tf.where(is_image, tf.maximum(highest, height), highest),
         )
 
     zero = tf.constant(0)
-    position, _, _, frame_pixels, widest, highest = tf.while_loop(
-        lambda position, _, blocks, *rest: (position < length) & (blocks < max_blocks),
-        walk,
-        (start, tf.constant(False), zero, tf.constant(0, tf.int64), zero, zero),
+    position, _, frame_pixels, widest, highest = tf.while_loop(
+        lambda position, blocks, *rest: (position < length) & (blocks < max_blocks),
+        record,
+        (start, zero, tf.constant(0, tf.int64), zero, zero),
     )
     screen = tf.cast(screen_width, tf.float64) * tf.cast(screen_height, tf.float64)
     big_screen = (tf.maximum(screen_width, screen_height) > limits.max_side) | (
@@ -407,7 +421,8 @@ def _gif_size(data, limits):
         "truncated GIF header",
         tf.where(
             position < length,
-            f"GIF of more than {max_blocks} blocks is beyond what is walked before decoding",
+            f"GIF of more than {max_blocks} blocks is beyond the limit (max_pixels / 256 "
+            "blocks are walked before decoding)",
             tf.where(
                 big_screen,
                 tf.strings.join(

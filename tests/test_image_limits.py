@@ -340,6 +340,9 @@ def test_decode_image_checks_limits_eagerly_and_in_tf_data():
     dataset = tf.data.Dataset.from_tensor_slices([small, wide]).map(decode_image)
     with pytest.raises(tf.errors.InvalidArgumentError, match="max_aspect_ratio"):
         list(dataset)
+    many_scans = tf.io.encode_jpeg(tf.zeros((8, 8, 3), tf.uint8)).numpy() + b"\xff\xda" * 100
+    with pytest.raises(tf.errors.InvalidArgumentError, match="JPEG of 101 scans"):
+        decode_image(many_scans)
     in_function = tf.function(lambda data: decode_image(data, tight))
     with pytest.raises(tf.errors.InvalidArgumentError, match="max_pixels=1000"):
         in_function(tf.constant(small))
