@@ -26,8 +26,6 @@ import keras_poolformer as kp
 from keras_poolformer import export
 from keras_poolformer.imagenet import ImageLimits, decode_image, image_problem
 
-pytest.importorskip("tensorflow_serving")
-
 # --- building images ---------------------------------------------------------------------
 
 
@@ -193,6 +191,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def saved_model(tiny, tmp_path_factory):
+    pytest.importorskip("tensorflow_serving")  # the warm-up requests
     return export.export_saved_model(tiny, tmp_path_factory.mktemp("serving") / "tiny")
 
 
@@ -392,6 +391,8 @@ def test_the_folder_scan_skips_images_beyond_the_limits(tmp_path):
 
 
 def test_exports_are_readable_by_other_users(tmp_path):
+    pytest.importorskip("tensorflow_serving")
+    pytest.importorskip("tf2onnx")
     model = kp.PoolFormer(**TINY, input_shape=(64, 64, 3), classes=4, classifier_activation=None)
     old = os.umask(0o022)
     try:
