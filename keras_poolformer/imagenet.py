@@ -412,9 +412,11 @@ def _gif_size(data, limits):
         record,
         (start, zero, tf.constant(0, tf.int64), zero, zero),
     )
-    screen = tf.cast(screen_width, tf.float64) * tf.cast(screen_height, tf.float64)
+    # TensorFlow's decoder sizes its canvas by the frames, not by the logical screen;
+    # the screen is held to the limits too, should another version size by it.
+    screen_pixels = tf.cast(screen_width, tf.float64) * tf.cast(screen_height, tf.float64)
     big_screen = (tf.maximum(screen_width, screen_height) > limits.max_side) | (
-        screen > limits.max_pixels
+        screen_pixels > limits.max_pixels
     )
     why = tf.where(
         length < 13,
