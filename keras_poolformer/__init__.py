@@ -8,7 +8,20 @@
 Reference: Yu et al., "MetaFormer is Actually What You Need for Vision", CVPR 2022.
 """
 
-from keras_poolformer import layers, mixers, porting
+import os as _os
+import sys as _sys
+
+# On the command line (``keras-poolformer`` or ``python -m keras_poolformer``) TensorFlow's
+# C++ INFO and WARNING lines would bury the one-line error of a bad input; the level must be
+# set before TensorFlow is imported, which the imports below do. A level the user set wins,
+# and library users keep TensorFlow's default.
+if "TF_CPP_MIN_LOG_LEVEL" not in _os.environ and (
+    _sys.argv[:1] == ["-m"]
+    or _os.path.basename(_sys.argv[0] if _sys.argv else "").startswith("keras-poolformer")
+):
+    _os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+
+from keras_poolformer import layers, mixers, porting  # noqa: E402
 from keras_poolformer.analysis import count_macs
 from keras_poolformer.gradcam import gradcam
 from keras_poolformer.imagenet import (

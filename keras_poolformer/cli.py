@@ -10,6 +10,7 @@ keras-poolformer configs
 
 import argparse
 import os
+import re
 import sys
 import time
 
@@ -29,6 +30,7 @@ def summary(args):
     import keras_poolformer as kp
 
     images = None
+    _check_images(args.images)
     if args.images:
         images = np.stack([kp.load_image(path) for path in args.images])
         print(f"{len(images)} image(s) loaded and transformed to 224x224.")
@@ -64,6 +66,18 @@ def summary(args):
     return 0
 
 
+def _check_images(paths):
+    """Refuses image paths that cannot be read (missing, a folder) before any model is
+    built, so that a typo costs a second, not a model load and a TensorFlow error."""
+    for path in paths or ():
+        if os.path.isdir(path):
+            raise ValueError(f"image '{path}' is a folder; pass image files.")
+        if not os.path.isfile(path):
+            raise ValueError(f"image '{path}' does not exist.")
+        if not os.access(path, os.R_OK):
+            raise ValueError(f"image '{path}' is not readable (permission denied).")
+
+
 def _classifier(args):
     """The model a command works on: ``--run DIR`` (a training run) or ``--model`` with
     ``--weights``. Returns ``(model giving logits, class names or None for ImageNet,
@@ -92,6 +106,7 @@ def predict(args):
 
     import keras_poolformer as kp
 
+    _check_images(args.images)
     model, names, size, crop_pct = _classifier(args)
     if names is None:
         names = [f"{name} ({wnid})" for wnid, name in kp.imagenet.class_names()]
@@ -111,6 +126,7 @@ def convert(args):
     import keras_poolformer as kp
     from keras_poolformer.convert import convert_checkpoint, describe
 
+    _check_images(args.images)
     model, info = convert_checkpoint(args.checkpoint, args.output, variant=args.model)
     arch = info["architecture"]
     tensors = len(info["report"].loaded)
@@ -220,6 +236,9 @@ def export(args):
     import keras_poolformer as kp
     from keras_poolformer import export as export_lib
 
+    _check_images(args.images)
+    if args.calibration and not os.path.isdir(args.calibration):
+        raise ValueError(f"calibration folder '{args.calibration}' does not exist.")
     limits = kp.imagenet.ImageLimits(  # checked before the model is built
         max_pixels=args.max_pixels,
         max_side=args.max_side,
@@ -295,6 +314,7 @@ def gradcam(args):
     from keras_poolformer.gradcam import gradcam as heatmaps
     from keras_poolformer.gradcam import save_overlay
 
+    _check_images(args.images)
     model, names, size, crop_pct = _classifier(args)
     names = names or [name for _, name in kp.imagenet.class_names()]
     images = np.stack([kp.load_image(p, size, crop_pct) for p in args.images])
@@ -318,13 +338,30 @@ def _image_limit_defaults():
     return DEFAULT_IMAGE_LIMITS
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other error of
+    the command (the full usage is one ``--help`` away)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text):
+    """argparse type: an integer >= 1 (a batch of -1 or 0 images cannot run)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
 def build_parser():
     from keras_poolformer.models import MODEL_CONFIGS
 
     variants = list(MODEL_CONFIGS)
-    parser = argparse.ArgumentParser(
-        prog="keras-poolformer", description="PoolFormer (MetaFormer) in Keras 3."
-    )
+    parser = _Parser(prog="keras-poolformer", description="PoolFormer (MetaFormer) in Keras 3.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser(
@@ -344,7 +381,7 @@ def build_parser():
         default="imagenet",
         help="'imagenet' (default), a .weights.h5 file or a PyTorch checkpoint of that variant",
     )
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=_positive_int, default=16)
     p.set_defaults(handler=predict)
 
     p = commands.add_parser(
@@ -391,17 +428,19 @@ def build_parser():
         "--no-fold", dest="fold", action="store_false", help="export without inference folding"
     )
     p.add_argument("--images", nargs="+", metavar="IMAGE", help="check the exports on these")
-    p.add_argument("--check-images", type=int, default=16, help="checks from --calibration")
+    p.add_argument(
+        "--check-images", type=_positive_int, default=16, help="checks from --calibration"
+    )
     limits = _image_limit_defaults()
     p.add_argument(
         "--max-pixels",
-        type=int,
+        type=_positive_int,
         default=limits.max_pixels,
         help=f"serving refuses images of more pixels (default {limits.max_pixels})",
     )
     p.add_argument(
         "--max-side",
-        type=int,
+        type=_positive_int,
         default=limits.max_side,
         help=f"serving refuses images with a longer side (default {limits.max_side})",
     )
@@ -432,22 +471,52 @@ def build_parser():
     p.add_argument("--weights", help=".weights.h5 or checkpoint")
     p.add_argument("--data", help="folder:PATH, tfds:NAME[:split] or synthetic")
     p.add_argument("--data-dir")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
     p.set_defaults(handler=evaluate)
     return parser
 
 
+def _one_line(error):
+    """An error as one line for the terminal: TensorFlow's node tags and graph context
+    dropped, a multi-line message joined (and cut if long)."""
+    import tensorflow as tf
+
+    if isinstance(error, tf.errors.OpError):  # "{{function_node ...}} what; why [Op:ReadFile]"
+        text = re.sub(r"\{\{[^}]*\}\}|\s*\[Op:[^]]*\]", "", error.message).strip()
+        text = text.splitlines()[0] if text else ""
+    else:
+        text = " ".join(str(error).split())
+    text = text or type(error).__name__
+    return text if len(text) <= 500 else f"{text[:497]}..."
+
+
 def main(argv=None):
+    """Runs one command. User errors (bad paths, values, files) end with one line on
+    stderr and exit status 2; programming errors keep their traceback."""
     args = build_parser().parse_args(argv)
     import tensorflow as tf
 
     # Each model traces its own predict function once; TF's retracing notice is noise here.
     tf.get_logger().setLevel("ERROR")
+    user_errors = (
+        ValueError,  # our own errors, and Keras' on bad files and shapes
+        OSError,
+        RuntimeError,  # RecursionError included
+        tf.errors.NotFoundError,
+        tf.errors.InvalidArgumentError,  # undecodable images, bad shapes
+        tf.errors.FailedPreconditionError,  # a folder where a file was expected
+        tf.errors.DataLossError,
+        tf.errors.PermissionDeniedError,
+        tf.errors.ResourceExhaustedError,  # out of memory: a smaller --batch-size helps
+    )
     try:
         return args.handler(args)
-    except (ValueError, OSError, RuntimeError) as error:
-        print(f"keras-poolformer: error: {error}", file=sys.stderr)
+    except user_errors as error:
+        print(f"keras-poolformer: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("keras-poolformer: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
