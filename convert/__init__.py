@@ -99,7 +99,10 @@ def convert_checkpoint(checkpoint, output, variant=None):
     if not output.endswith(OUTPUT_SUFFIXES):
         raise ValueError(f"output must end with {' or '.join(OUTPUT_SUFFIXES)}; got '{output}'.")
     state, layout = load_official(checkpoint)
-    model = build_for(state, variant)
+    try:
+        model = build_for(state, variant)
+    except CheckpointError as error:  # the architecture cannot be read off the tensors
+        raise CheckpointError(f"checkpoint '{os.fspath(checkpoint)}': {error}") from None
     report = porting.load_state_dict(model, state)
     with files.atomic_path(output) as tmp:
         if output.endswith(".keras"):

@@ -130,9 +130,10 @@ def _name(key):
 
 
 def _kind(obj):
-    """What an object from the pickle is, for a message (never its repr: it may be
-    deeply nested or huge)."""
-    return {_LazyTensor: "tensor", _StorageRef: "storage"}.get(type(obj), type(obj).__name__)
+    """What an object from the pickle is, with its article, for a message (never its
+    repr: it may be deeply nested or huge)."""
+    name = {_LazyTensor: "tensor", _StorageRef: "storage"}.get(type(obj), type(obj).__name__)
+    return ("an " if name[:1].lower() in tuple("aeiou") else "a ") + name
 
 
 def _clip(text, limit=200):
@@ -281,7 +282,7 @@ class _OrderedDict(dict):
     def __init__(self, *args):
         if args:
             raise CheckpointError(
-                f"the pickle builds an OrderedDict from {len(args)} arguments; a state "
+                f"the pickle builds an OrderedDict from arguments ({len(args)}); a state "
                 "dict's is built empty"
             )
 
@@ -309,7 +310,7 @@ def _rebuild_tensor(*args):
     storage, offset, size, stride = args[:4]
     if type(storage) is not _StorageRef:
         raise CheckpointError(
-            f"a tensor in the pickle is rebuilt from a {_kind(storage)}, not from a storage"
+            f"a tensor in the pickle is rebuilt from {_kind(storage)}, not from a storage"
         )
     return _LazyTensor(storage, offset, size, stride)
 
@@ -319,7 +320,7 @@ def _rebuild_parameter(*args):
     if not 1 <= len(args) <= 3 or type(args[0]) is not _LazyTensor:
         raise CheckpointError(
             "a parameter in the pickle is rebuilt from "
-            + (f"a {_kind(args[0])}" if args else "nothing")
+            + (_kind(args[0]) if args else "nothing")
             + f" and {max(len(args) - 1, 0)} more arguments, not from a tensor"
         )
     return args[0]
@@ -332,7 +333,7 @@ def _check_view(offset, size, stride, numel):
     for name, dims in (("size", size), ("stride", stride)):
         if type(dims) not in (tuple, list) or len(dims) > MAX_NDIM:
             raise CheckpointError(
-                f"invalid tensor view: its {name} is a {_kind(dims)}"
+                f"invalid tensor view: its {name} is {_kind(dims)}"
                 + (f" of {len(dims)} dims" if type(dims) in (tuple, list) else "")
                 + f", not a tuple of at most {MAX_NDIM}"
             )
@@ -425,17 +426,17 @@ class RestrictedUnpickler(pickle.Unpickler):
     def persistent_load(self, pid):
         if not (type(pid) is tuple and len(pid) == 5 and pid[0] == "storage"):
             raise UnsafeCheckpointError(
-                f"unexpected persistent id in the pickle: a {_kind(pid)}"
+                f"unexpected persistent id in the pickle: {_kind(pid)}"
                 + (f" of {len(pid)} items" if type(pid) is tuple else "")
                 + ", not ('storage', type, key, location, numel)"
             )
         _, storage_type, key, _location, numel = pid
         if type(storage_type) is not _StorageType:
             raise UnsafeCheckpointError(
-                f"unexpected storage type in the pickle: a {_kind(storage_type)}"
+                f"unexpected storage type in the pickle: {_kind(storage_type)}"
             )
         if type(key) is not str or not 0 < len(key) <= 64:
-            raise CheckpointError(f"a storage key in the pickle is a {_kind(key)}, not a name")
+            raise CheckpointError(f"a storage key in the pickle is {_kind(key)}, not a name")
         if type(numel) is not int or not 0 <= numel < _INDEX_LIMIT:
             raise CheckpointError(f"storage {_name(key)} declares an invalid element count")
         ref = self._storages.setdefault(key, _StorageRef(key, storage_type, numel))
@@ -613,7 +614,7 @@ def _read_safetensors(path, file_size):
         except (ValueError, RecursionError) as error:
             raise CheckpointError(f"{bad}: its header is not JSON ({_clip(str(error))})") from None
         if type(header) is not dict:
-            raise CheckpointError(f"{bad}: its header is a {_kind(header)}, not an object")
+            raise CheckpointError(f"{bad}: its header is {_kind(header)}, not an object")
         dtypes = _safetensors_dtypes()
         data_size = file_size - 8 - length
         entries = []
@@ -651,10 +652,10 @@ def _safetensors_entry(key, spec, dtypes, data_size):
     """``(dtype, shape, (begin, end))`` of one header entry, checked."""
     what = f"tensor {_name(key)}"
     if type(spec) is not dict:
-        raise CheckpointError(f"{what}: its header entry is a {_kind(spec)}, not an object")
+        raise CheckpointError(f"{what}: its header entry is {_kind(spec)}, not an object")
     name, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
     if type(name) is not str or name not in dtypes:
-        shown = repr(_clip(name, 40)) if type(name) is str else f"a {_kind(name)}"
+        shown = repr(_clip(name, 40)) if type(name) is str else _kind(name)
         raise CheckpointError(
             f"{what} has dtype {shown}, which this reader does not support (it reads "
             f"{', '.join(dtypes)}; float8 and unknown dtypes are refused)"
@@ -761,7 +762,7 @@ def _unwrap(obj, tensor_type):
     """The flat ``{key: tensor}`` state dict inside what a checkpoint file holds."""
     for _ in range(MAX_WRAPPER_DEPTH):
         if not isinstance(obj, dict):
-            raise CheckpointError(f"it holds a {_kind(obj)}, not a state dict")
+            raise CheckpointError(f"it holds {_kind(obj)}, not a state dict")
         inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
         if inner is None:
             break
