@@ -514,10 +514,11 @@ def resume_point(output, chief=True, log=print):
         if not (rows or skipped):
             return None
         what = "; ".join(f"ckpt-{n}: {p}" for n, p in skipped[:2]) or "there are none"
+        progress = f"its log.csv has {len(rows)} epoch row(s)" if rows else "it has checkpoints"
         raise ValueError(
-            f"'{output}' cannot resume: its log.csv has {len(rows)} epoch row(s) but no "
-            f"checkpoint is usable ({what}). Delete '{output}' (or its log.csv and "
-            "checkpoints/) to train from scratch, or train into a new --output."
+            f"'{output}' cannot resume: {progress} but no checkpoint is usable ({what}). "
+            f"Delete '{output}' (or its log.csv and checkpoints/) to train from scratch, "
+            "or train into a new --output."
         )
     if not chief:
         return os.path.join(ckpt_dir, f"ckpt-{good}")
