@@ -276,6 +276,11 @@ def build_hostile(folder):
     ]:
         path = _safetensors(folder / f"{len(cases)}.safetensors", header, bytes(data), length)
         cases[name] = (path, key, words)
+    # A header at the size cap, of the JSON that builds the most objects per byte.
+    path = folder / "objects.safetensors"
+    objects = b"[" + b"{}," * ((4 * 2**20 - 2) // 3 - 1) + b"{}]"
+    path.write_bytes(struct.pack("<Q", len(objects)) + objects)
+    cases["safetensors 4 MiB header of empty objects"] = (path, None, "not an object")
     return cases
 
 
