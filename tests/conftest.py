@@ -84,3 +84,15 @@ def _float32_policy():
 def requires_shared_data():
     if imagenet_val_files(1) is None:
         pytest.skip(f"shared data not found at {SHARED_DATA}")
+
+
+def final_weights(folder):
+    """``{dataset path: array}`` of a training run's ``final.weights.h5``."""
+    import h5py
+
+    with h5py.File(os.path.join(folder, "final.weights.h5")) as f:
+        out = {}
+        f.visititems(
+            lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None
+        )
+    return out

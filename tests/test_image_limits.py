@@ -232,6 +232,18 @@ json.dump({"probabilities": first.tolist(), **report}, open(sys.argv[3], "w"))
 """
 
 
+def serve_in_child(saved_model, images, tmp_path):
+    """Runs SERVE_SCRIPT on the images folder in a fresh process; returns its report."""
+    out = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, "-c", SERVE_SCRIPT, saved_model, str(images), str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
 def test_serving_refuses_hostile_images_with_bounded_memory(saved_model, tiny, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
@@ -240,14 +252,7 @@ def test_serving_refuses_hostile_images_with_bounded_memory(saved_model, tiny, t
         (images / f"normal_{name}").write_bytes(data)
     for name, (build, _) in HOSTILE.items():
         (images / f"hostile_{name}").write_bytes(build())
-    out = tmp_path / "report.json"
-    result = subprocess.run(
-        [sys.executable, "-c", SERVE_SCRIPT, saved_model, str(images), str(out)],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(out.read_text())
+    report = serve_in_child(saved_model, images, tmp_path)
     assert report["keras_poolformer"] == []
     rises = {}
     for name, (_, names) in HOSTILE.items():
@@ -284,14 +289,7 @@ def test_a_request_at_the_limits_is_served_with_bounded_memory(saved_model, tmp_
     )
     del big
     (images / "hostile_png_410x8192").write_bytes(png(410, 8192))
-    out = tmp_path / "report.json"
-    result = subprocess.run(
-        [sys.executable, "-c", SERVE_SCRIPT, saved_model, str(images), str(out)],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(out.read_text())
+    report = serve_in_child(saved_model, images, tmp_path)
     rises = {n: round(c["peak_mb"] - report["baseline_mb"]) for n, c in report["cases"].items()}
     print(json.dumps({"baseline_mb": round(report["baseline_mb"]), "rise_mb": rises}))
     assert all(c["outcome"] == "served" for c in report["cases"].values()), report["cases"]

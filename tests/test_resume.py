@@ -7,9 +7,9 @@ import os
 import shutil
 import time
 
-import h5py
 import numpy as np
 import pytest
+from conftest import final_weights
 
 from keras_poolformer.training import configs, data, trainer
 
@@ -18,15 +18,6 @@ from keras_poolformer.training import configs, data, trainer
 CONFIG = configs.get_config(
     "demo", ["steps_per_epoch=3", "epochs=2", "checkpoint_every=2", "eval_steps=1", "batch_size=8"]
 )
-
-
-def weights(folder):
-    with h5py.File(os.path.join(folder, "final.weights.h5")) as f:
-        out = {}
-        f.visititems(
-            lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None
-        )
-    return out
 
 
 def log_rows(folder):
@@ -113,7 +104,7 @@ def test_resume_falls_back_past_a_damaged_newest_checkpoint(
     assert [(r["epoch"], r["step"]) for r in rows] == [("1", "3"), ("2", "6")]
     assert rows[0] == before[0]
     # The resumed run ends exactly where the uninterrupted one did.
-    reference, resumed = weights(finished), weights(folder)
+    reference, resumed = final_weights(finished), final_weights(folder)
     assert reference.keys() == resumed.keys()
     for key in reference:
         np.testing.assert_array_equal(reference[key], resumed[key], err_msg=key)

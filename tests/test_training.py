@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import final_weights
 
 import keras_poolformer as kp
 from keras_poolformer.training import augment, configs, data, trainer
@@ -209,17 +210,6 @@ def test_fine_tuning_init_keeps_the_trunk_and_makes_a_fresh_head(tmp_path):
 
 
 # --- end to end, distribution, fault tolerance -------------------------------------------
-
-
-def final_weights(folder):
-    import h5py
-
-    with h5py.File(os.path.join(folder, "final.weights.h5")) as f:
-        out = {}
-        f.visititems(
-            lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None
-        )
-    return out
 
 
 def assert_same_weights(a, b, atol=1e-5):
