@@ -2,8 +2,9 @@
 
 Its ``PoolFormerForImageClassification`` is a separate implementation of the
 original architecture (GroupNorm(1, C) with eps 1e-5, ``count_include_pad=False``
-pooling, final norm before the pooling); it runs on CPU torch. Nothing here uses
-keras_poolformer's model code.
+pooling, final norm before the pooling); it runs on CPU torch. Its input
+normalisation is torchvision's, written out here (:func:`torchvision_normalize`).
+Nothing here uses keras_poolformer's code or constants.
 """
 
 import re
@@ -79,6 +80,26 @@ def reference_model(depths, dims, layer_scale_init_value=1e-5, classes=1000, see
             param.copy_(torch.from_numpy(value))
             state[official_key(name)] = value
     return model, state
+
+
+# torchvision's ImageNet normalisation (``ToTensor()`` then ``Normalize(mean, std)``),
+# written out here with its constants as literals, RGB order, so that the reference's
+# inputs do not come from keras_poolformer's own constants or code.
+TORCHVISION_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+TORCHVISION_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def torchvision_normalize(pixels):
+    """Channels-last RGB images in 0..255 normalised in torch as torchvision does for
+    ImageNet: scaled by 1/255 (``ToTensor``), then ``(x - mean) / std`` per channel
+    (``Normalize``). Returns channels-last float32 numpy, for :func:`reference_logits`."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).permute(0, 3, 1, 2)
+    x = x.div(255)
+    mean = torch.tensor(TORCHVISION_IMAGENET_MEAN, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(TORCHVISION_IMAGENET_STD, dtype=torch.float32).view(-1, 1, 1)
+    return x.sub(mean).div(std).permute(0, 2, 3, 1).numpy()
 
 
 def reference_logits(model, normalized_images):

@@ -2,15 +2,15 @@
 
 import argparse
 import os
-import pickle
+import shlex
 import subprocess
 import sys
 import zipfile
 
 import numpy as np
 import pytest
-from conftest import TINY, real_or_random_images, reference
-from reference import reference_logits
+from conftest import TINY, imagenet_val_images, reference
+from reference import reference_logits, torchvision_normalize
 
 import keras_poolformer as kp
 from keras_poolformer.convert import (
@@ -91,8 +91,8 @@ def s12_files(tmp_path_factory):
 
 def test_every_layout_loads_to_identical_weights_that_match_the_reference(s12_files):
     torch_model, state = reference("s12")
-    pixels = real_or_random_images(4, (224, 224))
-    theirs = reference_logits(torch_model, kp.preprocess_input(pixels, include_preprocessing=False))
+    pixels = imagenet_val_images(4, (224, 224))
+    theirs = reference_logits(torch_model, torchvision_normalize(pixels))
     first = None
     for what, path in s12_files.items():
         model = kp.PoolFormerS12(weights=path, classifier_activation=None)
@@ -155,13 +155,37 @@ class _Exploit:
         return (os.system, (self.command,))
 
 
+def run_in_child(code, *args, **kwargs):
+    """Runs ``code`` in a fresh Python process: an untrusted pickle is only ever
+    loaded unrestricted there, never in the test process."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], capture_output=True, timeout=300, **kwargs
+    )
+
+
 @pytest.mark.parametrize("loader", ["read_checkpoint", "constructor"])
 def test_a_pickle_naming_a_dangerous_global_is_refused_unrun(tmp_path, loader):
     marker = tmp_path / "pwned"
     path = tmp_path / "poolformer_s12.pth"
     # A real torch file whose pickle holds a call to os.system next to a real tensor.
-    torch.save({"patch_embed.proj.bias": torch.ones(64), "x": _Exploit(f"touch {marker}")}, path)
+    exploit = _Exploit(f"touch {shlex.quote(str(marker))}")
+    torch.save({"patch_embed.proj.bias": torch.ones(64), "x": exploit}, path)
     assert b"system" in zipfile.ZipFile(path).read("poolformer_s12/data.pkl")
+
+    # Positive control, in a child process: an unrestricted load runs the payload.
+    assert not marker.exists()
+    child = run_in_child(
+        "import sys, torch\n"
+        "state = torch.load(sys.argv[1], weights_only=False)\n"
+        "print(sorted(state), state['x'])\n",
+        path,
+        text=True,
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert "['patch_embed.proj.bias', 'x'] 0" in child.stdout  # os.system's exit status
+    assert marker.exists(), "the payload did not run under torch.load(weights_only=False)"
+    marker.unlink()
+
     with pytest.raises(UnsafeCheckpointError, match=r"'(posix|os)\.system'.*nothing in it was run"):
         if loader == "read_checkpoint":
             read_checkpoint(path)
@@ -177,7 +201,11 @@ def test_other_globals_are_refused_too(tmp_path):
         archive.writestr("evil/data.pkl", payload)
     with pytest.raises(UnsafeCheckpointError, match="builtins.eval"):
         read_checkpoint(path)
-    assert pickle.loads(payload) == 2  # the payload is real: unrestricted, it would run
+    # The payload is real: unrestricted (in a child process), it runs.
+    child = run_in_child(
+        "import pickle, sys; print(pickle.loads(sys.stdin.buffer.read()))", input=payload
+    )
+    assert (child.returncode, child.stdout.strip()) == (0, b"2"), child.stderr
 
 
 def test_a_checkpoint_of_another_variant_is_named_before_building(tmp_path, monkeypatch):
@@ -231,12 +259,27 @@ def test_infer_architecture_reads_every_variant():
 
 
 def test_timm_and_transformers_rules_cover_every_key():
-    _, state = reference("s12")
-    for foreign in (timm_state(state),):
+    """Every key of a timm and of a transformers checkpoint maps to its official key,
+    with the same values. The transformers checkpoints are the reference model's own
+    state dicts: the classifier's (``poolformer.encoder.*``, ``norm.*``,
+    ``classifier.*``) and its bare trunk's (``encoder.*``, as ``PoolFormerModel``
+    saves it, without the final norm and the classifier)."""
+    torch_model, state = reference("s12")
+    transformers_state = {k: v.numpy() for k, v in torch_model.state_dict().items()}
+    trunk_state = {k: v.numpy() for k, v in torch_model.poolformer.state_dict().items()}
+    head = {"norm.weight", "norm.bias", "head.weight", "head.bias"}
+    cases = [
+        ("timm", timm_state(state), set(state)),
+        ("transformers", transformers_state, set(state)),
+        ("transformers", trunk_state, set(state) - head),
+    ]
+    for expected_layout, foreign, keys in cases:
+        assert len(foreign) == len(keys), expected_layout  # one foreign key per official key
         official, layout = to_official(foreign)
-        assert layout == "timm" and official.keys() == state.keys()
-        for key in state:
-            np.testing.assert_array_equal(official[key], state[key])
+        assert layout == expected_layout
+        assert sorted(official) == sorted(keys), expected_layout
+        for key in keys:
+            np.testing.assert_array_equal(official[key], state[key], err_msg=key)
 
 
 def test_convert_writes_keras_files(s12_files, tmp_path):
@@ -248,7 +291,7 @@ def test_convert_writes_keras_files(s12_files, tmp_path):
 
     convert_checkpoint(source, tmp_path / "s12.keras")
     from_keras = keras.saving.load_model(tmp_path / "s12.keras")
-    pixels = real_or_random_images(2, (224, 224))
+    pixels = imagenet_val_images(2, (224, 224))
     np.testing.assert_allclose(
         keras.Model(from_keras.input, from_keras.get_layer("head").output)(pixels).numpy(),
         from_h5(pixels).numpy(),

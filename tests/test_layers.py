@@ -136,12 +136,82 @@ def test_block_refuses_wrong_channels():
         layers.PoolFormerBlock(8)(randn(1, 4, 4, 6))
 
 
+# ImageNet's statistics as torchvision publishes them, in RGB order, for pixels scaled
+# to 0..1; written here as literals so that a wrong or reordered constant in the
+# package fails.
+IMAGENET_MEAN_RGB = np.array([0.485, 0.456, 0.406])
+IMAGENET_STD_RGB = np.array([0.229, 0.224, 0.225])
+
+
+def imagenet_normalise(pixels):
+    """``(pixels / 255 - mean) / std`` per RGB channel, in float64."""
+    return (np.asarray(pixels, np.float64) / 255 - IMAGENET_MEAN_RGB) / IMAGENET_STD_RGB
+
+
+def rgb_test_images():
+    """Two non-uniform images whose channels differ: red rises along the width, green
+    falls along the height, blue is noise. On them, swapping two channels, or two
+    channels' mean or std, moves the normalised values by more than 0.01, a thousand
+    times the tolerances of the tests below (checked here, on the literal normalisation)."""
+    h, w = 32, 40  # the smallest the models take
+    red = np.broadcast_to(np.linspace(10, 250, w), (h, w))
+    green = np.broadcast_to(np.linspace(240, 5, h)[:, None], (h, w))
+    blue = RNG.uniform(0, 255, (h, w))
+    image = np.stack([red, green, blue], axis=-1)
+    images = np.stack([image, 255 - image]).astype(np.float32)
+
+    expected = imagenet_normalise(images)
+    assert np.abs(imagenet_normalise(images[..., ::-1]) - expected).max() > 0.01  # BGR
+    for swap in ([1, 0, 2], [2, 1, 0], [0, 2, 1]):
+        assert np.abs(imagenet_normalise(images[..., swap]) - expected).max() > 0.01
+        wrong_mean = (images / 255 - IMAGENET_MEAN_RGB[swap]) / IMAGENET_STD_RGB
+        wrong_std = (images / 255 - IMAGENET_MEAN_RGB) / IMAGENET_STD_RGB[swap]
+        assert np.abs(wrong_mean - expected).max() > 0.01
+        assert np.abs(wrong_std - expected).max() > 0.01
+    return images
+
+
 def test_image_normalization_matches_torchvision_order():
-    x = RNG.uniform(0, 255, (2, 3, 3, 3)).astype(np.float32)
-    expected = (x / 255 - np.float32(layers.IMAGENET_MEAN)) / np.float32(layers.IMAGENET_STD)
+    x = rgb_test_images()
     normalization = layers.ImageNormalization()
-    np.testing.assert_allclose(normalization(x).numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(normalization(x).numpy(), imagenet_normalise(x), atol=1e-5)
     assert normalization.count_params() == 0
+
+
+def test_models_normalise_inside_with_the_imagenet_constants():
+    """The model built with include_preprocessing=True (the default) computes, on 0..255
+    RGB pixels, what the same weights compute on the literally normalised pixels."""
+    from conftest import TINY
+
+    import keras_poolformer as kp
+
+    x = rgb_test_images()
+    model = kp.PoolFormer(**TINY, weights=None, input_shape=x.shape[1:], classifier_activation=None)
+    normalised = keras.Model(model.input, model.get_layer("preprocessing").output)
+    np.testing.assert_allclose(normalised(x).numpy(), imagenet_normalise(x), atol=1e-5)
+
+    bare = kp.PoolFormer(
+        **TINY,
+        weights=None,
+        input_shape=x.shape[1:],
+        classifier_activation=None,
+        include_preprocessing=False,
+    )
+    bare.set_weights(model.get_weights())
+    expected = bare(imagenet_normalise(x).astype(np.float32)).numpy()
+    assert np.abs(expected - bare(imagenet_normalise(x[..., ::-1]).astype(np.float32))).max() > 1e-3
+    np.testing.assert_allclose(model(x).numpy(), expected, atol=1e-5)
+
+
+def test_preprocess_input_normalises_with_the_imagenet_constants():
+    import keras_poolformer as kp
+
+    x = rgb_test_images()
+    out = kp.preprocess_input(x, include_preprocessing=False)
+    assert out.shape == x.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, imagenet_normalise(x), atol=1e-5)
+    # For the models that normalise inside, it passes pixels through untouched.
+    np.testing.assert_array_equal(kp.preprocess_input(x), x)
 
 
 @pytest.mark.parametrize(

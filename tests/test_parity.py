@@ -2,13 +2,17 @@
 
 Random non-trivial weights are set in the reference, renamed to the official layout
 and ported into our model with ``porting.load_state_dict``; both models then see the
-same images (real ImageNet validation images when the shared data is present).
+same real ImageNet validation images (from the shared data). Our model takes the raw
+0..255 RGB pixels and normalises them itself (``include_preprocessing=True``); the
+reference takes them normalised in torch as torchvision does, with the ImageNet
+constants written as literals in tests/reference.py. A wrong constant or swapped
+channels in our normalisation therefore fails parity.
 """
 
 import numpy as np
 import pytest
-from conftest import real_or_random_images, reference
-from reference import reference_logits
+from conftest import imagenet_val_images, reference
+from reference import reference_logits, torchvision_normalize
 
 import keras_poolformer as kp
 from keras_poolformer import layers
@@ -28,6 +32,8 @@ def ported(variant, size, **kwargs):
     model = kp.VARIANTS[variant](
         weights=None, classifier_activation=None, input_shape=(*size, 3), **kwargs
     )
+    # Our model normalises its 0..255 inputs itself, in this layer.
+    assert isinstance(model.get_layer("preprocessing"), layers.ImageNormalization)
     report = kp.porting.load_state_dict(model, state)
     # Every tensor is used exactly once; a headless model skips the classifier alone.
     assert sorted(report.loaded + report.skipped) == sorted(state)
@@ -39,9 +45,9 @@ def ported(variant, size, **kwargs):
 
 def compare(variant, size, count=4):
     model, torch_model = ported(variant, size)
-    pixels = real_or_random_images(count, size)
-    ours = model(pixels).numpy()
-    theirs = reference_logits(torch_model, kp.preprocess_input(pixels, include_preprocessing=False))
+    pixels = imagenet_val_images(count, size)
+    ours = model(pixels).numpy()  # raw pixels, through the model's own normalisation
+    theirs = reference_logits(torch_model, torchvision_normalize(pixels))
     return ours, theirs
 
 
@@ -64,8 +70,8 @@ def test_stage_features_match_the_reference():
 
     model, torch_model = ported("s12", (193, 257), include_top=False)
     features = kp.feature_extractor(model)
-    pixels = real_or_random_images(2, (193, 257))
-    normalized = kp.preprocess_input(pixels, include_preprocessing=False)
+    pixels = imagenet_val_images(2, (193, 257))
+    normalized = torchvision_normalize(pixels)
     with torch.no_grad():
         hidden = torch_model.poolformer(
             torch.from_numpy(normalized.transpose(0, 3, 1, 2).copy()), output_hidden_states=True
@@ -94,12 +100,20 @@ def test_the_parity_test_catches_known_port_mistakes(monkeypatch):
 
     size = (193, 257)
     model, torch_model = ported("s12", size)
-    pixels = real_or_random_images(2, size)
-    theirs = reference_logits(torch_model, kp.preprocess_input(pixels, include_preprocessing=False))
+    pixels = imagenet_val_images(2, size)
+    theirs = reference_logits(torch_model, torchvision_normalize(pixels))
     assert np.abs(model(pixels).numpy() - theirs).max() <= TOLERANCE
 
     def gap(ours):
         return np.abs(ours - theirs).max()
+
+    # A wrong ImageNet constant (red's and green's means swapped), and BGR channel order.
+    normalization = model.get_layer("preprocessing")
+    mean = normalization.mean
+    normalization.mean = (mean[1], mean[0], mean[2])
+    assert gap(model(pixels).numpy()) > 10 * TOLERANCE
+    normalization.mean = mean
+    assert gap(model(pixels[..., ::-1]).numpy()) > 10 * TOLERANCE
 
     # Keras' default GroupNormalization epsilon (1e-3) instead of PyTorch's 1e-5.
     norms = [
