@@ -44,8 +44,8 @@ def ported(variant, size, **kwargs):
 
 
 def compare(variant, size, count=4):
-    model, torch_model = ported(variant, size)
     pixels = imagenet_val_images(count, size)
+    model, torch_model = ported(variant, size)
     ours = model(pixels).numpy()  # raw pixels, through the model's own normalisation
     theirs = reference_logits(torch_model, torchvision_normalize(pixels))
     return ours, theirs
@@ -68,9 +68,9 @@ def test_odd_non_square_input_matches_the_reference():
 def test_stage_features_match_the_reference():
     import torch
 
+    pixels = imagenet_val_images(2, (193, 257))
     model, torch_model = ported("s12", (193, 257), include_top=False)
     features = kp.feature_extractor(model)
-    pixels = imagenet_val_images(2, (193, 257))
     normalized = torchvision_normalize(pixels)
     with torch.no_grad():
         hidden = torch_model.poolformer(
@@ -99,8 +99,8 @@ def test_the_parity_test_catches_known_port_mistakes(monkeypatch):
     import keras
 
     size = (193, 257)
-    model, torch_model = ported("s12", size)
     pixels = imagenet_val_images(2, size)
+    model, torch_model = ported("s12", size)
     theirs = reference_logits(torch_model, torchvision_normalize(pixels))
     assert np.abs(model(pixels).numpy() - theirs).max() <= TOLERANCE
 
