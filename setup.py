@@ -20,6 +20,7 @@ TEST_REQUIRES = [
     "transformers>=4.30",
     "ruff>=0.5",
     "matplotlib",  # the training curve in the README
+    "pillow",  # the reference decode and resize in the pixel tests
 ]
 
 setup(

@@ -25,6 +25,8 @@ from keras_poolformer import layers, mixers, porting  # noqa: E402
 from keras_poolformer.analysis import count_macs
 from keras_poolformer.gradcam import gradcam
 from keras_poolformer.imagenet import (
+    ImageLimits,
+    decode_image,
     decode_predictions,
     eval_transform,
     load_image,
@@ -55,6 +57,7 @@ __version__ = "0.1.0"
 __all__ = [
     "HYBRIDS",
     "HYBRID_CONFIGS",
+    "ImageLimits",
     "MODEL_CONFIGS",
     "VARIANTS",
     "MetaFormer",
@@ -70,6 +73,7 @@ __all__ = [
     "PoolFormerS24",
     "PoolFormerS36",
     "count_macs",
+    "decode_image",
     "decode_predictions",
     "eval_transform",
     "feature_extractor",

@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SHARED_DATA, imagenet_val_files
+from conftest import SHARED_DATA, TINY, imagenet_val_files
+from PIL import Image
 
 import keras_poolformer as kp
-from keras_poolformer.imagenet import class_names
+from keras_poolformer.imagenet import class_names, resize_like_pil
 
 
 def test_shipped_class_names_are_the_standard_index():
@@ -41,27 +42,162 @@ def test_decode_predictions_refuses_other_shapes(shape):
         kp.decode_predictions(np.zeros(shape))
 
 
+def pillow_eval(image, image_size=224, crop_pct=0.9, passes="pillow"):
+    """timm's evaluation transform as torchvision applies it to a PIL image, written
+    here from Pillow: ``Resize(int(image_size / crop_pct), BICUBIC)`` (the shorter
+    side; the longer one is ``int(size * long / short)``), then ``CenterCrop``, whose
+    offsets are ``int(round(margin / 2))``.
+
+    ``passes="pillow"`` resizes with one ``Image.resize`` call, as torchvision does.
+    ``passes="width-first"`` makes the two passes Pillow's resize is made of one call
+    each, width then height, which is what every Pillow release did until Pillow 13
+    began to resize height first where the height shrinks much more than the width.
+    """
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(np.asarray(image, np.uint8))
+    width, height = image.size
+    short = int(image_size / crop_pct)
+    if width <= height:
+        new_w, new_h = short, int(short * height / width)
+    else:
+        new_w, new_h = int(short * width / height), short
+    if passes == "pillow":
+        image = image.resize((new_w, new_h), Image.BICUBIC)
+    else:
+        if new_w != width:
+            image = image.resize((new_w, height), Image.BICUBIC)
+        if new_h != height:
+            image = image.resize((new_w, new_h), Image.BICUBIC)
+    top = int(round((new_h - image_size) / 2.0))
+    left = int(round((new_w - image_size) / 2.0))
+    return np.asarray(image.crop((left, top, left + image_size, top + image_size)), np.float32)
+
+
+def noise(height, width, seed=0):
+    """uint8 RGB noise: every pixel and channel differs, so a crop or resize that is off
+    by one position, or swaps channels or axes, changes most of the output."""
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
 @pytest.mark.parametrize(
-    "height, width, crop_pct, resized",
+    "height, width, image_size, crop_pct",
     [
-        (227, 227, 0.9, (248, 248)),
-        (300, 500, 0.9, (248, 413)),
-        (500, 300, 0.95, (391, 235)),  # int(224 / 0.95) = 235; int(235 * 500 / 300) = 391
+        (227, 227, 224, 0.9),  # square, shrunk
+        (300, 500, 224, 0.9),  # landscape: the crop moves along the width
+        (500, 300, 224, 0.95),  # portrait, M-size crop
+        (333, 517, 224, 0.875),  # odd sides, odd margins
+        (517, 333, 160, 1.0),  # no crop margin on the short side
+        (97, 181, 224, 0.9),  # enlarged on both axes
+        (61, 1200, 224, 0.9),  # aspect ratio near the limit of 20
+        (1600, 2400, 224, 0.9),  # shrunk 6.5x: 27 taps a pass
+        (248, 400, 224, 0.9),  # the short side already at 248: one pass only
     ],
 )
-def test_eval_transform_resizes_the_shorter_side_and_crops_the_centre(
-    height, width, crop_pct, resized
-):
-    # A ramp image makes the crop position visible in the output.
-    rows = np.arange(height, dtype=np.float32)[:, None, None] * np.ones((1, width, 3), np.float32)
-    image = tf.constant(rows * (255.0 / height))
-    out = kp.eval_transform(image, 224, crop_pct).numpy()
-    assert out.shape == (224, 224, 3)
-    assert out.min() >= 0 and out.max() <= 255
-    expected = tf.image.resize(image, resized, method="bicubic", antialias=True).numpy()
-    # torchvision's CenterCrop: offset int(round(margin / 2)), ties to even.
-    top, left = (int(round((r - 224) / 2)) for r in resized)
-    np.testing.assert_allclose(out, np.clip(expected[top : top + 224, left : left + 224], 0, 255))
+def test_eval_transform_gives_pillows_pixels(height, width, image_size, crop_pct):
+    image = noise(height, width)
+    out = kp.eval_transform(tf.constant(image), image_size, crop_pct).numpy()
+    assert out.shape == (image_size, image_size, 3) and out.dtype == np.float32
+    expected = pillow_eval(image, image_size, crop_pct, passes="width-first")
+    np.testing.assert_array_equal(out, expected)
+    # Pillow 13's own call agrees too, except where it picks the height-first order
+    # for this geometry; then the difference is small but not zero.
+    assert np.abs(out - pillow_eval(image, image_size, crop_pct)).max() <= 2
+
+
+@pytest.mark.parametrize(
+    "size, new_size",
+    [
+        ((40, 60), (90, 33)),  # taller and narrower
+        ((90, 33), (40, 60)),  # shorter and wider
+        ((50, 70), (50, 20)),  # width only
+        ((50, 70), (13, 70)),  # height only
+        ((7, 9), (7, 9)),  # nothing to do
+        ((300, 20), (3, 200)),  # 100x shrink of the height, 10x growth of the width
+    ],
+)
+def test_resize_like_pil_equals_pillows_width_then_height_passes(size, new_size):
+    image = noise(*size, seed=1)
+    out = resize_like_pil(tf.constant(image), *new_size).numpy()
+    assert out.dtype == np.uint8 and out.shape == (*new_size, 3)
+    expected = Image.fromarray(image)
+    if new_size[1] != size[1]:
+        expected = expected.resize((new_size[1], size[0]), Image.BICUBIC)
+    if new_size[0] != size[0]:
+        expected = expected.resize((new_size[1], new_size[0]), Image.BICUBIC)
+    np.testing.assert_array_equal(out, np.asarray(expected))
+    with pytest.raises(TypeError, match="uint8"):
+        resize_like_pil(tf.constant(image, tf.float32), *new_size)
+
+
+def test_eval_transform_of_a_float_image_is_one_tensorflow_resize():
+    """A float image has no Pillow counterpart: one float32 antialiased bicubic resize.
+    On smooth content it stays within rounding of Pillow's pixels, so a wrong crop
+    offset or axis would still show."""
+    rows, cols = np.mgrid[0:300, 0:500].astype(np.float32)
+    smooth = np.stack([rows * 0.8, cols * 0.5, (rows + cols) * 0.3], axis=-1)
+    out = kp.eval_transform(tf.constant(smooth)).numpy()
+    expected = pillow_eval(np.round(smooth), passes="width-first")
+    assert np.abs(out - expected).max() <= 1.5
+
+
+def test_load_image_equals_pillow_on_real_jpegs():
+    """The released weights' input: Pillow's decode, bicubic resize and centre crop
+    (timm's evaluation transform), on real ImageNet validation JPEGs of many sizes."""
+    worst, differing = 0.0, 0
+    for path, _ in imagenet_val_files(80):
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+        decoded = kp.decode_image(tf.constant(path.read_bytes())).numpy()
+        np.testing.assert_array_equal(decoded, np.asarray(rgb), err_msg=str(path))
+        ours = kp.load_image(path)
+        np.testing.assert_array_equal(ours, pillow_eval(rgb, passes="width-first"))
+        difference = np.abs(ours - pillow_eval(rgb))  # the Pillow installed, one call
+        worst, differing = max(worst, difference.max()), differing + (difference.max() > 0)
+    assert worst <= 1, f"{differing} images differ from Pillow by up to {worst}"
+
+
+def test_other_formats_decode_to_pillows_pixels(tmp_path):
+    """PNG, BMP and GIF are lossless: their pixels must be Pillow's exactly, grey and
+    palette images included."""
+    rgb = noise(37, 53, seed=2)
+    images = {
+        "rgb.png": Image.fromarray(rgb),
+        "grey.png": Image.fromarray(rgb[..., 0]),
+        "rgba.png": Image.fromarray(np.dstack([rgb, rgb[..., :1]])),
+        "rgb.bmp": Image.fromarray(rgb),
+        "palette.gif": Image.fromarray(rgb).quantize(64),
+    }
+    for name, image in images.items():
+        path = tmp_path / name
+        image.save(path)
+        with Image.open(path) as reread:
+            expected = np.asarray(reread.convert("RGB"))
+        decoded = kp.decode_image(tf.constant(path.read_bytes())).numpy()
+        np.testing.assert_array_equal(decoded, expected, err_msg=name)
+
+
+def test_serving_signature_gives_load_image_and_the_model(tmp_path):
+    """The SavedModel's ``serving_default`` (image bytes in) decodes and transforms as
+    ``load_image`` does: its probabilities equal the model's on ``load_image``'s
+    pixels, for JPEGs and a PNG."""
+    from keras_poolformer import export
+
+    model = kp.PoolFormer(
+        **TINY, input_shape=(160, 160, 3), classes=1000, weights=None, classifier_activation=None
+    )
+    rng = np.random.default_rng(3)
+    model.set_weights([rng.normal(0, 0.2, w.shape).astype(np.float32) for w in model.weights])
+    paths = [path for path, _ in imagenet_val_files(5)]
+    paths.append(tmp_path / "noise.png")
+    Image.fromarray(noise(90, 130, seed=4)).save(paths[-1])
+    served = tf.saved_model.load(export.export_saved_model(model, tmp_path / "m", crop_pct=0.9))
+    out = served.signatures["serving_default"](
+        image_bytes=tf.constant([path.read_bytes() for path in paths])
+    )
+    pixels = np.stack([kp.load_image(path, image_size=160, crop_pct=0.9) for path in paths])
+    expected = tf.nn.softmax(model(pixels)).numpy()
+    np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-6)
+    assert len(set(np.argmax(expected, axis=1))) > 1  # the weights tell images apart
 
 
 def test_eval_transform_is_the_same_eagerly_and_in_tf_data():
