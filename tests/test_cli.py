@@ -12,9 +12,8 @@ from keras_poolformer import cli
 
 
 def test_summary_prints_counts_beside_the_paper(capsys):
-    files = imagenet_val_files(2)
-    images = [str(path) for path, _ in files] if files else []
-    args = ["summary", "--variants", "s12"] + (["--images", *images] if images else [])
+    images = [str(path) for path, _ in imagenet_val_files(2)]
+    args = ["summary", "--variants", "s12", "--images", *images]
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.strip().startswith("S12"))
@@ -57,11 +56,10 @@ def test_predict_with_imagenet_weights_and_with_a_checkpoint(
 
 
 def test_convert_with_verify_on_real_images(s12_checkpoint, tmp_path, capsys):
-    files = imagenet_val_files(4)
-    images = [str(path) for path, _ in files] if files else []
+    images = [str(path) for path, _ in imagenet_val_files(4)]
     output = tmp_path / "s12.weights.h5"
     args = ["convert", str(s12_checkpoint), "--output", str(output), "--verify"]
-    assert cli.main(args + (["--images", *images] if images else [])) == 0
+    assert cli.main([*args, "--images", *images]) == 0
     out = capsys.readouterr().out
     assert "official layout, PoolFormer-S12, 132 tensors" in out
     diff = float(re.search(r"max \|logit difference\|: (\S+)", out)[1])

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SHARED_DATA, TINY, imagenet_val_files
+from conftest import TINY, imagenet_val_files, shared_data
 from PIL import Image
 
 import keras_poolformer as kp
@@ -16,9 +16,7 @@ def test_shipped_class_names_are_the_standard_index():
     names = class_names()
     assert len(names) == 1000
     assert names[0] == ("n01440764", "tench") and names[999] == ("n15075141", "toilet_tissue")
-    index = SHARED_DATA / "imagenet_class_index.json"
-    if not index.is_file():
-        pytest.skip("shared imagenet_class_index.json absent")
+    index = shared_data("imagenet_class_index.json")
     standard = json.loads(index.read_text())
     assert names == [tuple(standard[str(i)]) for i in range(1000)]
 

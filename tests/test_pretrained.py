@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 import pytest
-from conftest import real_or_random_images, reference
-from reference import reference_logits
+from conftest import imagenet_val_images, reference
+from reference import reference_logits, torchvision_normalize
 
 import keras_poolformer as kp
 from keras_poolformer import pretrained
@@ -92,8 +92,8 @@ def test_first_load_downloads_and_converts_second_load_asks_nothing(mirror):
     assert mirror.requests == ["/" + FILENAME]
     assert cache_files() == sorted([FILENAME, "poolformer_s12.json", "poolformer_s12.weights.h5"])
 
-    pixels = real_or_random_images(4, (224, 224))
-    theirs = reference_logits(torch_model, kp.preprocess_input(pixels, include_preprocessing=False))
+    pixels = imagenet_val_images(4, (224, 224))
+    theirs = reference_logits(torch_model, torchvision_normalize(pixels))
     assert np.abs(model(pixels).numpy() - theirs).max() <= 1e-4
 
     mirror.requests.clear()
