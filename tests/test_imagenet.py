@@ -227,3 +227,26 @@ def test_load_image_names_a_file_that_is_no_image(tmp_path):
     path.write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.raises(ValueError, match="broken.jpg"):
         kp.load_image(path)
+
+
+def test_training_evaluation_data_gives_pillows_pixels(tmp_path):
+    """The evaluation batches of a training run over an image folder are the released
+    weights' inputs too: Pillow's decode, resize and crop of each file, in order."""
+    from training import configs, data
+
+    folder = shared_data("imagenette2-160/val")
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())[:2]
+    for split in ("train", "val"):  # a small folder source: links to real JPEGs
+        for name in classes:
+            (tmp_path / split / name).mkdir(parents=True)
+            for path in sorted((folder / name).iterdir())[:3]:
+                (tmp_path / split / name / path.name).symlink_to(path)
+    source = data.folder_source(str(tmp_path))
+    config = configs.Config(image_size=160, crop_pct=0.875)
+    batches = data.eval_dataset(source.val, config, batch=4)
+    images = np.concatenate([images.numpy() for images, _ in batches])
+    assert images.shape == (6, 160, 160, 3)
+    for image, path in zip(images, source.val.images, strict=True):
+        with Image.open(path) as pil:
+            expected = pillow_eval(pil.convert("RGB"), 160, 0.875, passes="width-first")
+        np.testing.assert_array_equal(image, expected, err_msg=str(path))
