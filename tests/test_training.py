@@ -1,14 +1,18 @@
 """Training: augmentations, schedule, optimizer, distribution, fault tolerance, bad input."""
 
+import csv
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -302,39 +306,147 @@ def test_multi_worker_with_two_processes_matches_one_process(tmp_path):
     assert not (tmp_path / "multi" / ".worker_1_checkpoints").exists()  # scratch cleaned up
 
 
+def log_rows(folder):
+    with open(os.path.join(folder, "log.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_equal_weights(a, b):
+    """Bit for bit: on one CPU the whole pipeline is deterministic (a restart from a
+    checkpoint computes every later step from the same bits)."""
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def checkpoint_number(prefix):
+    return int(os.path.basename(prefix).split("-")[1])
+
+
+def folder_data(root, count=32):
+    """``count`` synthetic images of the 4 classes as a folder dataset: quicker to load
+    than ``synthetic``'s 1,280, for the tests that train many short runs."""
+    images, labels = data.synthetic_images(count, 5)
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        (root / f"class{label}").mkdir(parents=True, exist_ok=True)
+        (root / f"class{label}" / f"{i:03d}.png").write_bytes(tf.io.encode_png(image).numpy())
+    return f"folder:{root}"
+
+
+def resume_from_copy(run, folder, step, config, spec, data_dir=None):
+    """Copies the finished, single-epoch ``run`` to ``folder`` as it stood when killed just
+    after checkpoint ``step`` (no later checkpoint, no log row, no final weights yet),
+    trains it again there, and checks that it resumed from that step and ended with
+    ``run``'s weights, bit for bit."""
+    shutil.copytree(run, folder)
+    ckpt = folder / "checkpoints"
+    for path in [*ckpt.iterdir(), *(folder / n for n in ("log.csv", "curve.png"))]:
+        match = re.match(r"ckpt-(\d+)", path.name)
+        if (match and int(match[1]) > step) or path.name in ("log.csv", "curve.png"):
+            path.unlink()
+    (folder / "final.weights.h5").unlink()
+    shutil.rmtree(folder / "tensorboard")
+    kept = sorted({p.name.split(".")[0] for p in ckpt.glob("ckpt-*.index")}, key=checkpoint_number)
+    assert kept[-1] == f"ckpt-{step}", kept
+    tf.compat.v1.train.update_checkpoint_state(str(ckpt), kept[-1], all_model_checkpoint_paths=kept)
+    messages = []
+    trainer.train(config, spec, str(folder), data_dir=data_dir, log=messages.append)
+    total = (config.epochs + config.cooldown_epochs) * config.steps_per_epoch
+    assert total == config.steps_per_epoch  # one epoch: no log row before the cut
+    assert f"resumed from {ckpt / kept[-1]} at step {step} of {total}" in messages, messages
+    assert [(r["epoch"], r["step"]) for r in log_rows(folder)] == [("1", str(total))]
+    assert_equal_weights(final_weights(run), final_weights(folder))
+
+
+def freeze_after_checkpoint(process, ckpt_dir, at_least, timeout=300):
+    """Stops ``process`` (SIGSTOP) once the newest checkpoint its state file names is
+    number ``at_least`` or later and no newer save is under way; returns that number."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        found = tf.train.latest_checkpoint(str(ckpt_dir))
+        if found and checkpoint_number(found) >= at_least:
+            process.send_signal(signal.SIGSTOP)
+            number = checkpoint_number(tf.train.latest_checkpoint(str(ckpt_dir)))
+            matches = [re.match(r"ckpt-(\d+)", name) for name in os.listdir(ckpt_dir)]
+            busy = any(int(m[1]) > number for m in matches if m) or any(
+                name.startswith("checkpoint.tmp") for name in os.listdir(ckpt_dir)
+            )
+            if not busy:
+                return number
+            process.send_signal(signal.SIGCONT)  # caught mid-save: let it finish
+        time.sleep(0.02)
+    raise AssertionError("the run ended (or stalled) before it could be stopped mid-way")
+
+
 def test_a_run_killed_mid_way_resumes_to_the_same_weights(tmp_path):
     # Every source of randomness on: augmentation, mixup/cutmix, stochastic depth.
+    steps_per_epoch = 8
     args = [
-        "train", "--config", "demo", "steps_per_epoch=8", "epochs=3", "checkpoint_every=3",
-        "eval_steps=1", "randaugment=rand-m9-mstd0.5-inc1", "random_erasing=0.25",
-        "mixup_alpha=0.8", "cutmix_alpha=1.0", "drop_path_rate=0.2", "--data", "synthetic",
+        "train", "--config", "demo", f"steps_per_epoch={steps_per_epoch}", "epochs=3",
+        "checkpoint_every=3", "eval_steps=1", "randaugment=rand-m9-mstd0.5-inc1",
+        "random_erasing=0.25", "mixup_alpha=0.8", "cutmix_alpha=1.0", "drop_path_rate=0.2",
+        "--data", "synthetic",
     ]  # fmt: skip
-    plain = run_cli(*args, "--output", str(tmp_path / "plain"), timeout=600)
-    assert plain.returncode == 0, plain.stderr[-3000:]
+    plain_log = tmp_path / "plain_output.txt"
+    with open(plain_log, "w") as output:  # the uninterrupted run, alongside the other
+        plain = subprocess.Popen(
+            [sys.executable, "-m", "keras_poolformer", *args, "--output", str(tmp_path / "plain")],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        resume_a_killed_run(args, tmp_path, steps_per_epoch)
+        plain.wait(timeout=600)
+    finally:
+        plain.kill()  # when the test failed before it ended
+        plain.wait()
+    assert plain.returncode == 0, plain_log.read_text()[-3000:]
+    # The killed-and-resumed run ends where the uninterrupted one did, bit for bit: a
+    # resume at the wrong batch, with other augmentations, other mixup draws or other
+    # drop-path masks would not.
+    assert_equal_weights(final_weights(tmp_path / "plain"), final_weights(tmp_path / "killed"))
 
-    killed_dir = tmp_path / "killed"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "keras_poolformer", *args, "--output", str(killed_dir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        found = tf.train.latest_checkpoint(str(killed_dir / "checkpoints"))
-        if found and int(found.rsplit("-", 1)[1]) >= 9:  # mid-way through the second epoch
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, "the run ended before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+
+def resume_a_killed_run(args, tmp_path, steps_per_epoch):
+    """Kills a run of ``args`` mid-way through epoch 2, trains it again to the end and
+    checks that it resumed from the step the killed run had checkpointed last."""
+    killed_dir, ckpt_dir = tmp_path / "killed", tmp_path / "killed" / "checkpoints"
+    killed_log = tmp_path / "killed_output.txt"
+    with open(killed_log, "w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "keras_poolformer", *args, "--output", str(killed_dir)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:  # checkpoints come at steps 3, 6, 8 (epoch end), 9, 12, 15, 16...
+            number = freeze_after_checkpoint(process, ckpt_dir, at_least=9)
+        except AssertionError as error:
+            raise AssertionError(f"{error}:\n{killed_log.read_text()[-3000:]}") from None
+        finally:
+            process.kill()  # SIGKILL, stopped or not
+            process.wait()
     assert not (killed_dir / "final.weights.h5").exists()
+    # What the killed run left: its newest checkpoint holds step `number`, mid-way
+    # through epoch 2 (so a resume has to skip the batches of epoch 2 already trained),
+    # and log.csv has epoch 1's row.
+    prefix = ckpt_dir / f"ckpt-{number}"
+    reader = tf.train.load_checkpoint(str(prefix))
+    assert reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == number
+    assert reader.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == number
+    epoch, batch = divmod(number, steps_per_epoch)
+    assert epoch == 1 and batch > 0, number
+    rows_at_kill = log_rows(killed_dir)
+    assert [(r["epoch"], r["step"]) for r in rows_at_kill] == [("1", "8")]
 
     resumed = run_cli(*args, "--output", str(killed_dir), timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stdout + resumed.stderr
-    last_row = (killed_dir / "log.csv").read_text().strip().splitlines()[-1]
-    assert last_row.split(",")[1] == "24"  # the same step count as the plain run
-    assert_same_weights(final_weights(tmp_path / "plain"), final_weights(killed_dir), atol=1e-5)
+    # It restored that checkpoint and went on from its step: epoch 2, batch `batch`.
+    # (A restart would print the fresh run's banner and no resume point.)
+    assert f"resumed from {prefix} at step {number} of 24" in resumed.stdout
+    assert "training poolformer_custom" not in resumed.stdout
+    rows = log_rows(killed_dir)
+    assert [(r["epoch"], r["step"]) for r in rows] == [("1", "8"), ("2", "16"), ("3", "24")]
+    assert rows[0] == rows_at_kill[0]  # epoch 1 was not trained (or logged) again
 
 
 def test_demo_life_cycle_train_evaluate_predict(tmp_path):
@@ -416,10 +528,44 @@ def test_gradient_accumulation_computes_the_full_batch_update(tmp_path):
     assert_same_weights(final_weights(tmp_path / "accum1"), final_weights(tmp_path / "accum2"))
 
 
-def test_mixed_precision_and_xla_train(tmp_path):
-    config = configs.get_config("demo", ["precision=mixed", "xla=true"], smoke_run=True)
-    metrics = trainer.train(config, "synthetic", str(tmp_path / "run"), log=lambda *a: None)
-    assert np.isfinite(metrics["train_loss"])
+def test_mixed_precision_and_xla_agree_with_float32(tmp_path):
+    """The same 2 steps (one an epoch, so that log.csv has each step's loss) in float32,
+    in mixed precision (bfloat16 on CPU) and in float32 under XLA."""
+    spec = folder_data(tmp_path / "data")
+    base = ["steps_per_epoch=1", "epochs=2", "warmup_epochs=0", "batch_size=8", "eval_steps=1"]
+    losses = {}
+    for name, extra in [("float32", []), ("mixed", ["precision=mixed"]), ("xla", ["xla=true"])]:
+        config = configs.get_config("demo", [*base, *extra])
+        trainer.train(config, spec, str(tmp_path / name), log=lambda *a: None)
+        losses[name] = np.array([float(r["train_loss"]) for r in log_rows(tmp_path / name)])
+    # The first step's loss (the initial weights) and the second's (after one update).
+    assert np.all(np.isfinite(losses["float32"])) and losses["float32"].shape == (2,)
+    # bfloat16 keeps 8 significant bits (relative rounding 2**-9 per op): 1e-2 is a few
+    # dozen roundings' worth; about 1e-3 is seen here.
+    np.testing.assert_allclose(losses["mixed"], losses["float32"], rtol=1e-2)
+    assert not np.array_equal(losses["mixed"], losses["float32"])  # it did not run in float32
+    # XLA runs the same float32 ops fused and reordered: rounding only (about 1e-7 seen).
+    np.testing.assert_allclose(losses["xla"], losses["float32"], rtol=1e-5)
+
+    # The logits of the float32 run's trained model on the same images, in each mode.
+    keras.config.set_dtype_policy("float32")
+    config, _, model, _ = trainer.load_run(str(tmp_path / "float32"))
+    source = data.load_source(spec, cache_dir=str(tmp_path / "float32"))
+    images = next(iter(data.eval_dataset(source.val, config, 4)))[0]
+    logits = model(images, training=False).numpy()
+    xla_logits = tf.function(lambda x: model(x, training=False), jit_compile=True)(images)
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    mixed_model = trainer.build_model(config, 4)
+    mixed_model.set_weights(model.get_weights())
+    mixed_logits = mixed_model(images, training=False)
+    assert mixed_logits.dtype == tf.bfloat16
+    scale = np.abs(logits).max()
+    assert scale > 0.1  # logits of real size, so that the tolerances below mean something
+    np.testing.assert_allclose(xla_logits.numpy(), logits, atol=1e-5 * scale)
+    # bfloat16 rounds every op's output to 8 significant bits; from the pixels to the
+    # logits that adds up to a few percent of the logits' scale (2% seen).
+    mixed_logits = tf.cast(mixed_logits, tf.float32).numpy()
+    np.testing.assert_allclose(mixed_logits, logits, atol=5e-2 * scale)
 
 
 def test_resuming_another_experiment_is_refused(tmp_path):
@@ -495,16 +641,46 @@ def test_tfds_dataset_trains_streamed_and_resumes_exactly(tmp_path):
         ["tl", "tr", "bl", "br"],
     )
     config = configs.get_config("demo", ["steps_per_epoch=4", "batch_size=8"])
-    full = list(data.train_dataset(source.train, config, 1, 8, 4, 0, 4).as_numpy_iterator())
-    resumed = list(data.train_dataset(source.train, config, 1, 8, 4, 2, 4).as_numpy_iterator())
-    assert len(full) == 4 and len(resumed) == 2
-    for a, b in zip(full[2:], resumed, strict=True):  # the same batches after a resume
-        np.testing.assert_array_equal(a[0], b[0])
-    metrics = trainer.train(
-        config.replace(epochs=1, warmup_epochs=0), "tfds:tiny_quadrants", str(tmp_path / "run"),
-        data_dir=str(tmp_path / "tfds"), log=lambda *a: None,
+    # Every random choice on, each drawn from its position: an image's crop, flip,
+    # RandAugment and erasing from its place in the epoch, a batch's mixup or cutmix
+    # from the batch's index. A batch served from the wrong place would differ.
+    randomised = config.replace(
+        randaugment="rand-m9-mstd0.5-inc1", random_erasing=0.25, hflip=True,
+        mixup_alpha=0.8, cutmix_alpha=1.0,
     )  # fmt: skip
+    for recipe in (config, randomised):
+        full = list(data.train_dataset(source.train, recipe, 1, 8, 4, 0, 4).as_numpy_iterator())
+        resumed = list(data.train_dataset(source.train, recipe, 1, 8, 4, 2, 4).as_numpy_iterator())
+        assert len(full) == 4 and len(resumed) == 2
+        assert len({images.tobytes() for images, _ in full}) == 4  # four different batches
+        # Resumed after 2 batches it serves batches 3 and 4 of the epoch, in that order:
+        # the same images and the same targets, and no other batch of the epoch.
+        for i, (images, targets) in enumerate(resumed):
+            same = [
+                j
+                for j, (a, b) in enumerate(full)
+                if np.array_equal(a, images) and np.array_equal(b, targets)
+            ]
+            assert same == [2 + i], (recipe.mixup_alpha, i, same)
+        if recipe is config:  # no mixup: each target is a label, smoothed (0.925, 0.025...)
+            off = config.label_smoothing / 4
+            for _, targets in full:
+                np.testing.assert_allclose(np.sort(targets), [[off] * 3 + [1 - 3 * off]] * 8)
+            np.testing.assert_array_equal(
+                [t.argmax(1) for _, t in resumed], [t.argmax(1) for _, t in full[2:]]
+            )
+        else:  # mixed: the two labels' weights vary from batch to batch
+            assert len({float(t.max()) for _, t in full}) > 1
+
+    # Through the trainer: 4 steps streamed, then the same run killed after step 2 and
+    # resumed ends with the same weights.
+    config = config.replace(epochs=1, warmup_epochs=0, checkpoint_every=2)
+    spec, tfds_dir = "tfds:tiny_quadrants", str(tmp_path / "tfds")
+    metrics = trainer.train(
+        config, spec, str(tmp_path / "run"), data_dir=tfds_dir, log=lambda *a: None
+    )
     assert 0.0 <= metrics["val_top1"] <= 1.0
+    resume_from_copy(tmp_path / "run", tmp_path / "resumed", 2, config, spec, tfds_dir)
     with pytest.raises(ValueError, match="has no split 'nope'"):
         data.load_source("tfds:tiny_quadrants:nope", data_dir=str(tmp_path / "tfds"))
 
@@ -518,22 +694,37 @@ def test_hybrid_configs_carry_their_recipe_and_train(tmp_path):
         assert (config.batch_size, config.peak_lr) == (1024, 1e-3)
         assert config.token_mixers == kp.HYBRID_CONFIGS[key]["token_mixers"]
         assert config.norm == ("layernorm" if "a" in key.split("_")[0] else "mln")
-    config = configs.get_config("ppaa_s12", ["batch_size=8", "image_size=64"], smoke_run=True)
-    metrics = trainer.train(config, "synthetic", str(tmp_path / "ppaa"), log=lambda *a: None)
-    assert np.isfinite(metrics["train_loss"])
-    _, _, model, _ = trainer.load_run(str(tmp_path / "ppaa"))
-    assert model.get_layer("stage2_block0").mixer["type"] == "attention"
-    assert model.get_layer("stage2_pos_embed").embedding.shape == (4, 4, 320)
+    # At full size the trainer builds the hybrid on S12's trunk.
+    full_size = trainer.build_model(configs.get_config("ppaa_s12"), 1000)
+    assert full_size.count_params() == kp.HYBRID_CONFIGS["ppaa_s12"]["params"]
+    assert full_size.get_layer("stage2_pos_embed").embedding.shape == (14, 14, 320)
+    del full_size
 
-    ablation = [
-        "token_mixers=identity,random,dwconv,spatial_mlp",
-        "norm=batchnorm",
-        "activation=silu",
-    ]
-    config = configs.get_config("demo", ablation, smoke_run=True)
-    trainer.train(config, "synthetic", str(tmp_path / "ablation"), log=lambda *a: None)
-    _, _, model, _ = trainer.load_run(str(tmp_path / "ablation"))
-    kinds = [model.get_layer(f"stage{s}_block0").mixer["type"] for s in range(4)]
-    assert kinds == ["identity", "random", "dwconv", "spatial_mlp"]
+    # Each config's token mixers, norm and position embeddings on a tiny trunk (channels
+    # divisible by attention's 32-channel heads), 32 px images, 2 steps of batch 4.
+    tiny = [
+        "model=custom", "depths=1,1,1,1", "dims=8,16,32,32", "image_size=32", "batch_size=4",
+        "steps_per_epoch=2", "epochs=1", "warmup_epochs=0", "cooldown_epochs=0",
+        "checkpoint_every=1", "eval_steps=1",
+    ]  # fmt: skip
+    tiny += ["randaugment=", "random_erasing=0", "mixup_alpha=0", "cutmix_alpha=0"]  # speed
+    ablation = ["token_mixers=identity,random,dwconv,spatial_mlp", "norm=batchnorm"]
+    cases = {key: configs.get_config(key, tiny) for key in kp.HYBRID_CONFIGS}
+    cases["ablation"] = configs.get_config("demo", [*ablation, "activation=silu", *tiny])
+    spec = folder_data(tmp_path / "data")
+    for name, config in cases.items():
+        run = tmp_path / name
+        metrics = trainer.train(config, spec, str(run), log=lambda *a: None)
+        assert np.isfinite(metrics["train_loss"]), name
+        _, _, model, _ = trainer.load_run(str(run))
+        kinds = [model.get_layer(f"stage{s}_block0").mixer["type"] for s in range(4)]
+        assert tuple(kinds) == config.token_mixers, name
+        for stage in config.position_embeddings:
+            side = 32 // 4 // 2**stage
+            shape = (side, side, 32)
+            assert model.get_layer(f"stage{stage}_pos_embed").embedding.shape == shape, name
+        # Killed after its first step, it resumes from that step to the same weights:
+        # every part's variables (BatchNorm's moving statistics too) are checkpointed.
+        resume_from_copy(run, tmp_path / f"{name}_resumed", 1, config, spec)
     with pytest.raises(ValueError, match="unknown token mixer 'conv'"):
         trainer.build_model(configs.get_config("demo", ["token_mixers=conv"]), 4)
