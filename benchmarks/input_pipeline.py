@@ -89,9 +89,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--output", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
-    files = sorted(
-        str(p) for p in args.images.iterdir() if p.suffix.lower() in (".jpeg", ".jpg")
-    )
+    files = sorted(str(p) for p in args.images.iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))
     if not files:
         sys.exit(f"no JPEG files in {args.images}")
 
@@ -141,7 +139,9 @@ def main(argv=None):
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "input_pipeline.md").write_text("\n".join(lines), encoding="utf-8")
     (args.output / "input_pipeline.json").write_text(
-        json.dumps({"files": len(files), "rounds": args.rounds, "speeds": speeds, **rows}, indent=1),
+        json.dumps(
+            {"files": len(files), "rounds": args.rounds, "speeds": speeds, **rows}, indent=1
+        ),
         encoding="utf-8",
     )
     print("\n".join(lines))
