@@ -92,14 +92,6 @@ def imagenet_val_images(count, size):
     return np.stack(images)
 
 
-def real_or_random_images(count, size, seed=0):
-    """:func:`imagenet_val_images`, under its former name. It no longer falls back to
-    noise: without the shared data the test is skipped (failed in CI). ``seed`` is
-    kept for the callers and not used."""
-    del seed
-    return imagenet_val_images(count, size)
-
-
 @functools.cache
 def reference(variant):
     """(transformers model, official state dict) with random weights, per variant."""

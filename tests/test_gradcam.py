@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import TINY, real_or_random_images, reference
+from conftest import TINY, imagenet_val_images, reference
 
 import keras_poolformer as kp
 from keras_poolformer.gradcam import save_overlay
@@ -86,7 +86,7 @@ def test_gradcam_is_the_gradient_weighted_feature_map():
     logits_model = kp.PoolFormerS12(weights=None, classifier_activation=None)
     kp.porting.load_state_dict(logits_model, state)
     stages = kp.feature_extractor(logits_model).outputs
-    pixels = real_or_random_images(2, (224, 224))
+    pixels = imagenet_val_images(2, (224, 224))
     logits = logits_model(pixels).numpy()
     assert logits.std() > 0.3  # non-trivial weights: the logits carry signal
 
