@@ -21,6 +21,10 @@ TEST_REQUIRES = [
     "ruff>=0.5",
     "matplotlib",  # the training curve in the README
     "pillow",  # the reference decode and resize in the pixel tests
+    # timm (installed by .ci/setup test without its dependencies) imports these:
+    "pyyaml",
+    "huggingface_hub",
+    "safetensors",
 ]
 
 setup(
