@@ -21,8 +21,34 @@ if "TF_CPP_MIN_LOG_LEVEL" not in _os.environ and (
 ):
     _os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 
-from keras_poolformer import layers, mixers, porting  # noqa: E402
+from keras_poolformer import baselines, layers, mixers, porting, registry  # noqa: E402
 from keras_poolformer.analysis import count_macs
+from keras_poolformer.baselines import (
+    CAFormerB36,
+    CAFormerM36,
+    CAFormerS18,
+    CAFormerS36,
+    ConvFormerB36,
+    ConvFormerM36,
+    ConvFormerS18,
+    ConvFormerS36,
+    IdentityFormerM36,
+    IdentityFormerM48,
+    IdentityFormerS12,
+    IdentityFormerS24,
+    IdentityFormerS36,
+    MetaFormerBaseline,
+    PoolFormerV2M36,
+    PoolFormerV2M48,
+    PoolFormerV2S12,
+    PoolFormerV2S24,
+    PoolFormerV2S36,
+    RandFormerM36,
+    RandFormerM48,
+    RandFormerS12,
+    RandFormerS24,
+    RandFormerS36,
+)
 from keras_poolformer.gradcam import gradcam
 from keras_poolformer.imagenet import (
     ImageLimits,
@@ -55,6 +81,30 @@ from keras_poolformer.models import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CAFormerB36",
+    "CAFormerM36",
+    "CAFormerS18",
+    "CAFormerS36",
+    "ConvFormerB36",
+    "ConvFormerM36",
+    "ConvFormerS18",
+    "ConvFormerS36",
+    "IdentityFormerM36",
+    "IdentityFormerM48",
+    "IdentityFormerS12",
+    "IdentityFormerS24",
+    "IdentityFormerS36",
+    "MetaFormerBaseline",
+    "PoolFormerV2M36",
+    "PoolFormerV2M48",
+    "PoolFormerV2S12",
+    "PoolFormerV2S24",
+    "PoolFormerV2S36",
+    "RandFormerM36",
+    "RandFormerM48",
+    "RandFormerS12",
+    "RandFormerS24",
+    "RandFormerS36",
     "HYBRIDS",
     "HYBRID_CONFIGS",
     "ImageLimits",
@@ -72,6 +122,7 @@ __all__ = [
     "PoolFormerS12",
     "PoolFormerS24",
     "PoolFormerS36",
+    "baselines",
     "count_macs",
     "decode_image",
     "decode_predictions",
@@ -83,4 +134,5 @@ __all__ = [
     "mixers",
     "porting",
     "preprocess_input",
+    "registry",
 ]

@@ -231,14 +231,16 @@ class Attention(keras.layers.Layer):
 
     ``channels / head_dim`` heads; one ``qkv`` projection without bias (the official
     ``qkv_bias=False``), queries scaled by ``head_dim ** -0.5`` before the product,
-    softmax in float32, then a ``proj`` projection with bias. Works at any input
-    size; position information, if any, comes from a :class:`PositionEmbedding`.
+    softmax in float32, then a ``proj`` projection with bias (without, for the
+    MetaFormer baselines: ``proj_bias=False``). Works at any input size; position
+    information, if any, comes from a :class:`PositionEmbedding`.
     """
 
-    def __init__(self, head_dim=32, qkv_bias=False, **kwargs):
+    def __init__(self, head_dim=32, qkv_bias=False, proj_bias=True, **kwargs):
         super().__init__(**kwargs)
         self.head_dim = int(head_dim)
         self.qkv_bias = bool(qkv_bias)
+        self.proj_bias = bool(proj_bias)
 
     def build(self, input_shape):
         dim = input_shape[-1]
@@ -254,7 +256,7 @@ class Attention(keras.layers.Layer):
             dtype=policy,
         )
         self.proj = keras.layers.Dense(
-            dim, kernel_initializer=_LINEAR_INIT, name="proj", dtype=policy
+            dim, use_bias=self.proj_bias, kernel_initializer=_LINEAR_INIT, name="proj", dtype=policy
         )
         self.qkv.build((None, None, dim))
         self.proj.build((None, None, dim))
@@ -275,7 +277,10 @@ class Attention(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "head_dim": self.head_dim, "qkv_bias": self.qkv_bias}
+        config = {**super().get_config(), "head_dim": self.head_dim, "qkv_bias": self.qkv_bias}
+        if not self.proj_bias:  # configs saved before the option existed stay the same
+            config["proj_bias"] = False
+        return config
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

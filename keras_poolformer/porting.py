@@ -109,15 +109,45 @@ def _conv_to_torch(w):  # HWIO -> OIHW
     return np.transpose(w, (3, 2, 0, 1))
 
 
+def _depthwise_to_keras(w):  # (C, 1, H, W) -> (H, W, C, 1)
+    return np.transpose(w, (2, 3, 0, 1))
+
+
+def _depthwise_to_torch(w):  # (H, W, C, 1) -> (C, 1, H, W)
+    return np.transpose(w, (2, 3, 0, 1))
+
+
 def _identity(w):
     return w
 
 
-_TO_KERAS = {"conv": _conv_to_keras, "linear": np.transpose, "vector": _identity}
-_TO_TORCH = {"conv": _conv_to_torch, "linear": np.transpose, "vector": _identity}
+_TO_KERAS = {
+    "conv": _conv_to_keras,
+    "depthwise": _depthwise_to_keras,
+    "linear": np.transpose,
+    "vector": _identity,
+}
+_TO_TORCH = {
+    "conv": _conv_to_torch,
+    "depthwise": _depthwise_to_torch,
+    "linear": np.transpose,
+    "vector": _identity,
+}
 
 
-def _torch_shape(keras_shape, kind):
+def to_keras(array, kind):
+    """An official (PyTorch) tensor in Keras' layout: ``kind`` is ``"conv"`` (OIHW
+    -> HWIO), ``"depthwise"`` ((C, 1, H, W) -> (H, W, C, 1)), ``"linear"``
+    (transposed) or ``"vector"`` (as is)."""
+    return _TO_KERAS[kind](array)
+
+
+def to_torch(array, kind):
+    """The inverse of :func:`to_keras`."""
+    return _TO_TORCH[kind](array)
+
+
+def torch_shape(keras_shape, kind):
     """The official shape of a Keras variable of this kind."""
     return _TO_TORCH[kind](np.empty(keras_shape, dtype=np.bool_)).shape
 
@@ -300,7 +330,7 @@ def load_state_dict(model, state_dict):
     """
     targets = keras_targets(model)
     arrays = {key: np.asarray(value) for key, value in state_dict.items()}
-    expected = {key: _torch_shape(var.shape, kind) for key, (var, kind) in targets.items()}
+    expected = {key: torch_shape(var.shape, kind) for key, (var, kind) in targets.items()}
     skipped = check_state_dict(arrays, expected, f"model '{model.name}'")
     for key, (variable, kind) in targets.items():
         variable.assign(_TO_KERAS[kind](arrays[key]).astype(variable.dtype))

@@ -1,0 +1,225 @@
+"""The one builder of the MetaFormer baselines (PoolFormerV2, IdentityFormer,
+RandFormer, ConvFormer, CAFormer); each family's module calls it with its table.
+
+The graph follows ``MetaFormer`` of sail-sg/metaformer's ``metaformer_baselines.py``:
+
+- stem: 7x7 convolution, stride 4, padding 2, then a channel norm;
+- before stages 2-4: a channel norm, then a 3x3 convolution, stride 2, padding 1;
+- four stages of :class:`~keras_poolformer.baselines.layers.BaselineBlock`;
+- global average pooling, LayerNorm (epsilon 1e-6, with bias), and the head: a
+  linear layer, or :class:`~keras_poolformer.baselines.layers.MlpHead`.
+
+The stem and downsampling norms are the bias-free channel norm of every family; the
+convolutions have biases. Stochastic depth grows linearly over all blocks.
+"""
+
+import os
+
+import keras
+
+from keras_poolformer import weights_file
+from keras_poolformer.baselines.layers import MIXERS, NORMS, BaselineBlock, MlpHead, make_norm
+from keras_poolformer.layers import ImageNormalization
+from keras_poolformer.models import DEFAULT_SIZE, POOLING_CHOICES, _validate_input_shape
+
+HEADS = ("linear", "mlp")
+# Mixers whose weights fix the number of tokens, and so the input size.
+FIXED_SIZE_MIXERS = ("random",)
+
+
+def _check_stages(depths, dims, token_mixers, res_scale_init_values):
+    """Validates the per-stage arguments; returns the four mixers and res-scale values."""
+    depths, dims = tuple(depths), tuple(dims)
+    if len(depths) != 4 or len(dims) != 4:
+        raise ValueError(f"depths and dims need four stages each, got {depths!r} and {dims!r}.")
+    if any(not isinstance(d, int) or d < 1 for d in (*depths, *dims)):
+        raise ValueError(f"depths and dims must be positive integers, got {depths!r}, {dims!r}.")
+    mixers = [token_mixers] * 4 if isinstance(token_mixers, str) else list(token_mixers)
+    if len(mixers) != 4:
+        raise ValueError(f"token_mixers needs one mixer per stage (four), got {token_mixers!r}.")
+    for stage, (mixer, dim) in enumerate(zip(mixers, dims, strict=True)):
+        if mixer not in MIXERS:
+            raise ValueError(
+                f"stage {stage}: unknown token mixer {mixer!r}; choose one of {', '.join(MIXERS)}."
+            )
+        if mixer == "attention" and dim % 32:
+            raise ValueError(
+                f"stage {stage}: attention has heads of 32 channels; the stage has {dim}."
+            )
+    scales = list(res_scale_init_values)
+    if len(scales) != 4 or any(v is not None and not isinstance(v, (int, float)) for v in scales):
+        raise ValueError(
+            f"res_scale_init_values needs four numbers or None, got {res_scale_init_values!r}."
+        )
+    return mixers, scales
+
+
+def MetaFormerBaseline(
+    depths,
+    dims,
+    token_mixers="pooling",
+    norm="mln",
+    head="linear",
+    mlp_ratio=4.0,
+    res_scale_init_values=(None, None, 1.0, 1.0),
+    head_dropout=0.0,
+    head_norm_epsilon=1e-5,
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    include_preprocessing=True,
+    drop_path_rate=0.0,
+    name="metaformer_baseline",
+):
+    """Builds a MetaFormer baseline of any size and mixers; the named models call this.
+
+    Every argument is checked before anything is built; a bad one raises a
+    ``ValueError`` that names it.
+
+    Args:
+        depths: blocks per stage, four integers.
+        dims: channels per stage, four integers.
+        token_mixers: one mixer for all stages or four, from ``"identity"``,
+            ``"random"`` (a frozen random matrix: needs a fixed input size),
+            ``"pooling"``, ``"sepconv"``, ``"attention"``.
+        norm: the blocks' norms: ``"mln"`` (over height, width and channels;
+            PoolFormerV2, IdentityFormer, RandFormer) or ``"channel"`` (over
+            channels; ConvFormer, CAFormer). Both are bias-free, epsilon 1e-6.
+        head: ``"linear"`` or ``"mlp"`` (ConvFormer's and CAFormer's MLP head).
+        mlp_ratio: MLP hidden channels per channel.
+        res_scale_init_values: per stage, the start value of the residual scales,
+            or ``None`` for none.
+        head_dropout: dropout inside the MLP head (training only).
+        head_norm_epsilon: the MLP head's LayerNorm epsilon: 1e-5 as in the official
+            code (timm's port uses 1e-6).
+        include_top: whether to end with the classifier. Without it, ``pooling``
+            decides the output: ``None``, the last feature map (stride 32);
+            ``"avg"``, its average, normalised as before the head (the original's
+            features); ``"max"``, its maximum.
+        weights: ``None`` or the path to a Keras ``.weights.h5`` file, checked
+            against the model before it is loaded.
+        input_tensor, input_shape, classes, classifier_activation,
+            include_preprocessing, name: as for :func:`keras_poolformer.PoolFormer`.
+        drop_path_rate: stochastic-depth rate of the last block, growing linearly
+            from 0 at the first (training only).
+
+    Returns:
+        A ``keras.Model``.
+
+    Example:
+    >>> model = keras_poolformer.baselines.MetaFormerBaseline(
+    ...     depths=(3, 3, 9, 3), dims=(64, 128, 320, 512),
+    ...     token_mixers=["sepconv", "sepconv", "attention", "attention"],
+    ...     norm="channel", head="mlp")
+    """
+    # --- validate everything before building anything -------------------------
+    mixers, scales = _check_stages(depths, dims, token_mixers, res_scale_init_values)
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}.")
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}.")
+    if not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
+        raise ValueError(f"mlp_ratio must be a positive number, got {mlp_ratio!r}.")
+    if not 0.0 <= head_dropout < 1.0:
+        raise ValueError(f"head_dropout must be in [0, 1), got {head_dropout!r}.")
+    if head_dropout and head != "mlp":
+        raise ValueError("head_dropout applies to the MLP head only (head='mlp').")
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
+    if pooling not in POOLING_CHOICES:
+        raise ValueError(f"pooling must be one of {POOLING_CHOICES}, got {pooling!r}.")
+    if include_top and (not isinstance(classes, int) or classes < 1):
+        raise ValueError(f"classes must be a positive integer, got {classes!r}.")
+    if include_top and classifier_activation is not None:
+        try:
+            keras.activations.get(classifier_activation)
+        except ValueError:
+            raise ValueError(
+                f"classifier_activation {classifier_activation!r} is not a Keras activation."
+            ) from None
+    if weights is not None:
+        if not isinstance(weights, (str, os.PathLike)) or not os.fspath(weights).endswith(
+            weights_file.SUFFIX
+        ):
+            raise ValueError(
+                f"weights must be None or a Keras '{weights_file.SUFFIX}' file, got {weights!r}."
+            )
+        if not os.path.isfile(weights):
+            raise ValueError(f"weights file '{weights}' does not exist.")
+    fixed_size = any(m in FIXED_SIZE_MIXERS for m in mixers)
+    if input_tensor is not None and input_shape is None:
+        input_shape = tuple(input_tensor.shape[1:])
+    if input_shape is None and fixed_size:
+        input_shape = (DEFAULT_SIZE, DEFAULT_SIZE, 3)
+    input_shape = _validate_input_shape(input_shape, include_top, include_preprocessing)
+    if fixed_size and None in input_shape[:2]:
+        raise ValueError(
+            f"model '{name}' has a random token mixer, whose matrix fixes the number of "
+            f"tokens; give input_shape a fixed size, got {input_shape}."
+        )
+
+    # --- layers and graph --------------------------------------------------------
+    if input_tensor is None:
+        inputs = keras.Input(shape=input_shape, name="images")
+    elif keras.backend.is_keras_tensor(input_tensor):
+        inputs = input_tensor
+    else:
+        inputs = keras.Input(tensor=input_tensor, shape=input_shape, name="images")
+
+    x = inputs
+    if include_preprocessing:
+        x = ImageNormalization(name="preprocessing")(x)
+    # Explicit padding as the official convs pad; "same" would pad asymmetrically.
+    x = keras.layers.ZeroPadding2D(2, name="stem_pad")(x)
+    x = keras.layers.Conv2D(dims[0], 7, strides=4, name="stem")(x)
+    x = make_norm("channel", "stem_norm")(x)
+
+    total = sum(depths)
+    block_index = 0
+    for s, (depth, dim) in enumerate(zip(depths, dims, strict=True)):
+        if s > 0:
+            x = make_norm("channel", f"downsample{s}_norm")(x)
+            x = keras.layers.ZeroPadding2D(1, name=f"downsample{s}_pad")(x)
+            x = keras.layers.Conv2D(dim, 3, strides=2, name=f"downsample{s}")(x)
+        for j in range(depth):
+            x = BaselineBlock(
+                dim,
+                token_mixer=mixers[s],
+                norm=norm,
+                mlp_ratio=mlp_ratio,
+                res_scale_init_value=scales[s],
+                drop_path_rate=drop_path_rate * block_index / (total - 1) if total > 1 else 0.0,
+                seed=block_index,  # every random mixer its own matrix
+                name=f"stage{s}_block{j}",
+            )(x)
+            block_index += 1
+
+    if include_top or pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = keras.layers.LayerNormalization(epsilon=1e-6, name="norm")(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    if include_top:
+        if head == "mlp":
+            x = MlpHead(
+                classes, mlp_ratio=4.0, dropout=head_dropout, epsilon=head_norm_epsilon, name="head"
+            )(x)
+        else:
+            x = keras.layers.Dense(classes, name="head")(x)
+        if classifier_activation is not None:
+            x = keras.layers.Activation(classifier_activation, dtype="float32", name="predictions")(
+                x
+            )
+
+    if input_tensor is not None:
+        sources = keras.utils.get_source_inputs(input_tensor)
+        inputs = sources[0] if len(sources) == 1 else sources
+    model = keras.Model(inputs, x, name=name)
+    if weights is not None:
+        weights_file.check_against_model(weights, model)
+        weights_file.load(model, weights)
+    return model

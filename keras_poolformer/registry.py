@@ -1,0 +1,95 @@
+"""One table of every named model: the family modules register into it, and the
+constructors, ``summary``, ``export --model`` and the converter's detection read it.
+
+A :class:`ModelSpec` holds all that is known of one named model: the builder and its
+arguments, the published parameter count, MACs and top-1, and its released
+checkpoints (:class:`Checkpoint`: where it lives, its resolution, crop and classes).
+"""
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """One released checkpoint of a named model.
+
+    Attributes:
+        tag: its name after the model's (``"in1k"``, ``"in1k_384"``,
+            ``"in22k_ft_in1k"``, ``"in22k_ft_in1k_384"``, ``"in22k"``).
+        url: where the official file is.
+        resolution: the image side it was trained and evaluated at.
+        crop_pct: the evaluation centre crop.
+        classes: rows of its classifier (1000, or 21841 for ImageNet-21k).
+        top1: the published ImageNet-1k top-1 (``None`` for ImageNet-21k heads).
+    """
+
+    tag: str
+    url: str
+    resolution: int = 224
+    crop_pct: float = 1.0
+    classes: int = 1000
+    top1: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Everything about one named model.
+
+    Attributes:
+        name: its registry key, as the official code names it (``"caformer_s18"``).
+        family: the family's key (``"caformer"``).
+        constructor: the public constructor's name (``"CAFormerS18"``).
+        config: the builder's architecture arguments (depths, dims, mixers, ...).
+        params: the parameter count at 1000 classes.
+        macs: multiply-accumulates at 224x224, as published.
+        checkpoints: the released checkpoints, the ImageNet-1k 224 one first.
+        recipe: the official training recipe's numbers (drop path, head dropout, ...).
+    """
+
+    name: str
+    family: str
+    constructor: str
+    config: dict
+    params: int
+    macs: float
+    checkpoints: tuple = ()
+    recipe: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def top1(self):
+        """The published top-1 of the ImageNet-1k checkpoint at 224, or ``None``."""
+        return self.checkpoints[0].top1 if self.checkpoints else None
+
+    def checkpoint(self, tag):
+        """The checkpoint tagged ``tag``; ``ValueError`` naming the ones there are."""
+        for checkpoint in self.checkpoints:
+            if checkpoint.tag == tag:
+                return checkpoint
+        tags = ", ".join(c.tag for c in self.checkpoints) or "none"
+        raise ValueError(f"{self.name} has no checkpoint {tag!r}; it has: {tags}.")
+
+
+MODELS = {}
+
+
+def register(spec):
+    """Adds ``spec`` to :data:`MODELS`; a second model of the same name is an error."""
+    if spec.name in MODELS:
+        raise ValueError(f"a model named {spec.name!r} is registered already.")
+    MODELS[spec.name] = spec
+    return spec
+
+
+def get(name):
+    """The :class:`ModelSpec` named ``name``; ``ValueError`` listing the names."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}."
+        ) from None
+
+
+def family_models(family):
+    """The specs of one family, in registration order."""
+    return [spec for spec in MODELS.values() if spec.family == family]
