@@ -21,6 +21,8 @@ class Checkpoint:
         crop_pct: the evaluation centre crop.
         classes: rows of its classifier (1000, or 21841 for ImageNet-21k).
         top1: the published ImageNet-1k top-1 (``None`` for ImageNet-21k heads).
+        timm: the same weights' name on the timm hub (``"caformer_s18.sail_in1k"``),
+            ``None`` where timm has none.
     """
 
     tag: str
@@ -29,6 +31,7 @@ class Checkpoint:
     crop_pct: float = 1.0
     classes: int = 1000
     top1: float | None = None
+    timm: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,6 +27,22 @@ SIZES = {
 }
 
 
+# What every official ImageNet-1k pretraining script shares (scripts/*/train_*.sh of
+# sail-sg/metaformer over train.py's defaults): batch 4096, 300 epochs, cosine to 1e-5,
+# weight decay 0.05, label smoothing 0.1, RandAugment m9, mixup 0.8, cutmix 1.0, random
+# erasing 0.25; the families differ in optimizer, lr, warmup and the per-size rates.
+PRETRAINING = {
+    "batch_size": 4096,
+    "epochs": 300,
+    "weight_decay": 0.05,
+    "min_lr": 1e-5,
+    "label_smoothing": 0.1,
+    "mixup": 0.8,
+    "cutmix": 1.0,
+    "random_erasing": 0.25,
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Size:
     """One row of a family's table.
@@ -49,6 +65,40 @@ class Size:
     recipe: dict = dataclasses.field(default_factory=dict)
 
 
+RELEASE_URL = "https://huggingface.co/sail/dl/resolve/main/"
+
+# The release's checkpoint names after the model's, with the tags used here and timm's.
+_RELEASES = {
+    "in1k": ("", 224, 1000, "sail_in1k"),
+    "in1k_384": ("_384", 384, 1000, "sail_in1k_384"),
+    "in22k_ft_in1k": ("_in21ft1k", 224, 1000, "sail_in22k_ft_in1k"),
+    "in22k_ft_in1k_384": ("_384_in21ft1k", 384, 1000, "sail_in22k_ft_in1k_384"),
+    "in22k": ("_in21k", 224, 21841, "sail_in22k"),
+}
+
+
+def checkpoints(family, size, top1, in_timm=True):
+    """The released checkpoints of ``{family}_{size}``: ``top1`` maps each tag of
+    :data:`_RELEASES` it has to its published top-1 (``None`` for ImageNet-21k). All
+    were evaluated at crop 1.0 (the official and timm configurations)."""
+    rows = []
+    for tag, accuracy in top1.items():
+        suffix, resolution, classes, timm_tag = _RELEASES[tag]
+        name = f"{family}_{size}"
+        rows.append(
+            registry.Checkpoint(
+                tag=tag,
+                url=f"{RELEASE_URL}{family}/{name}{suffix}.pth",
+                resolution=resolution,
+                crop_pct=1.0,
+                classes=classes,
+                top1=accuracy,
+                timm=f"{name}.{timm_tag}" if in_timm else None,
+            )
+        )
+    return tuple(rows)
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
     """A family of the baselines: its name, its builder arguments, its sizes.
@@ -59,6 +109,8 @@ class Family:
         config: the builder arguments every size shares (mixers, norm, head).
         summary: one sentence on what the family is, for the docstrings.
         sizes: the :class:`Size` rows.
+        recipe: the official training recipe's numbers every size shares (a size's
+            own ``recipe`` adds to them).
     """
 
     key: str
@@ -66,6 +118,7 @@ class Family:
     config: dict
     summary: str
     sizes: tuple
+    recipe: dict = dataclasses.field(default_factory=dict)
 
     def constructors(self):
         """Registers every size and returns its constructors, in table order."""
@@ -83,7 +136,7 @@ class Family:
             params=size.params,
             macs=size.macs,
             checkpoints=tuple(size.checkpoints),
-            recipe=dict(size.recipe),
+            recipe={**self.recipe, **size.recipe},
         )
 
 
