@@ -96,3 +96,23 @@ def get(name):
 def family_models(family):
     """The specs of one family, in registration order."""
     return [spec for spec in MODELS.values() if spec.family == family]
+
+
+def zoo_table(families):
+    """The README's model-zoo table, as Markdown, from :data:`MODELS`: the models of
+    ``families`` (family keys, in the order given), each with its constructor,
+    parameters, MACs at 224, and its released checkpoints with their published
+    ImageNet-1k top-1."""
+    lines = [
+        "| model | params | MACs (224) | checkpoints: `weights=` tag (top-1 %) |",
+        "|---|---|---|---|",
+    ]
+    for family in families:
+        for spec in family_models(family):
+            tags = ", ".join(
+                f"`{c.tag}` ({c.top1})" if c.top1 is not None else f"`{c.tag}` (21k classes)"
+                for c in spec.checkpoints
+            )
+            params, macs = f"{spec.params / 1e6:.1f}M", f"{spec.macs / 1e9:.1f}G"
+            lines.append(f"| `{spec.constructor}` | {params} | {macs} | {tags} |")
+    return "\n".join(lines)
