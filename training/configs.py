@@ -7,6 +7,12 @@ lr = global batch / 1024 x 1e-3, 5 warmup epochs from 1e-6, cosine to 1e-5 at ep
 rand-m9-mstd0.5-inc1, random erasing 0.25, mixup 0.8 / cutmix 1.0 (switch 0.5),
 label smoothing 0.1; drop path and LayerScale init per variant.
 
+The MetaFormer baselines (PoolFormerV2, IdentityFormer, RandFormer, ConvFormer,
+CAFormer) have one config each, named as the registry names them (``caformer_s18``),
+made from ``keras_poolformer.registry.MODELS`` by :func:`baseline_config`: the official
+scripts' numbers (``ModelSpec.recipe``) mapped onto these fields, the rest being
+``train.py``'s defaults, which are the paper's recipe above.
+
 Use: ``keras-poolformer train --config s12 [key=value ...] [--smoke]``. Any field
 can be overridden on the command line (``epochs=100 batch_size=256``).
 """
@@ -16,6 +22,7 @@ import math
 
 import numpy as np
 
+from keras_poolformer import baselines, registry
 from keras_poolformer.models import HYBRID_CONFIGS, MODEL_CONFIGS
 from keras_poolformer.training import augment
 
@@ -24,7 +31,9 @@ from keras_poolformer.training import augment
 class Config:
     """One experiment. The docstring of each registered config says how it was run."""
 
-    model: str = "s12"  # a variant, a hybrid (ppaa_s12...), or "custom" with depths/dims below
+    # A variant, a hybrid (ppaa_s12...), a baseline (caformer_s18...), or "custom" with
+    # depths/dims below; a baseline with depths/dims keeps its family's parts on that trunk.
+    model: str = "s12"
     depths: tuple = ()
     dims: tuple = ()
     # The MetaFormer's parts (keras_poolformer.MetaFormer); the defaults make a PoolFormer.
@@ -47,7 +56,9 @@ class Config:
     beta_1: float = 0.9
     beta_2: float = 0.999
     epsilon: float = 1e-8
+    optimizer: str = "adamw"  # or "lamb" (timm's LAMB, as the official CAFormer runs)
     drop_path_rate: float = 0.1
+    head_dropout: float = 0.0  # the baselines' MLP head (ConvFormer, CAFormer) only
     layer_scale_init_value: float = 1e-5
     label_smoothing: float = 0.1
     mixup_alpha: float = 0.8
@@ -90,10 +101,19 @@ class Config:
                 f"batch_size={self.batch_size} (must be divisible by accum_steps="
                 f"{self.accum_steps})"
             )
-        if self.model != "custom" and self.model not in {**MODEL_CONFIGS, **HYBRID_CONFIGS}:
+        known = {**MODEL_CONFIGS, **HYBRID_CONFIGS, **BASELINES}
+        if self.model != "custom" and self.model not in known:
             problems.append(
                 f"model={self.model!r} (must be a variant ({', '.join(MODEL_CONFIGS)}), a "
-                f"hybrid ({', '.join(HYBRID_CONFIGS)}) or 'custom')"
+                f"hybrid ({', '.join(HYBRID_CONFIGS)}), a baseline ({', '.join(BASELINES)}) "
+                "or 'custom')"
+            )
+        if self.model in BASELINES:
+            problems += _baseline_problems(self)
+        elif self.head_dropout:
+            problems.append(
+                f"head_dropout={self.head_dropout!r} (must be 0: only the baselines' MLP head "
+                "has dropout)"
             )
         if self.model == "custom" and not (self.depths and len(self.depths) == len(self.dims)):
             problems.append(
@@ -141,6 +161,7 @@ _ALLOWED = {
     "a number in (0, 1]": lambda v: _is_number(v, 0, 1, low_open=True),
     "a finite number": lambda v: _is_number(v, -math.inf, None),
     "'float32' or 'mixed'": lambda v: v in ("float32", "mixed"),
+    "'adamw' or 'lamb'": lambda v: v in ("adamw", "lamb"),
     "true or false": lambda v: isinstance(v, bool),
     "two numbers 0 < low <= high <= 1": lambda v: (
         isinstance(v, tuple | list)
@@ -170,6 +191,8 @@ _RULES = [
     ("beta_2", "a number in [0, 1)"),
     ("epsilon", "a number > 0"),
     ("drop_path_rate", "a number in [0, 1)"),
+    ("head_dropout", "a number in [0, 1)"),
+    ("optimizer", "'adamw' or 'lamb'"),
     ("layer_scale_init_value", "a finite number"),
     ("label_smoothing", "a number in [0, 1)"),
     ("mixup_alpha", "a number >= 0"),
@@ -181,6 +204,106 @@ _RULES = [
     ("hflip", "true or false"),
     ("xla", "true or false"),
 ]
+
+
+# --- the MetaFormer baselines ------------------------------------------------------------
+
+# The baselines' registry entries: {name: ModelSpec}.
+BASELINES = {
+    name: spec for name, spec in registry.MODELS.items() if spec.family in baselines.FAMILIES
+}
+
+# Fields of the PoolFormer MetaFormer that a baseline's family fixes (its registry config).
+_BASELINE_FIXED = ("token_mixers", "norm", "activation", "position_embeddings")
+
+
+def _baseline_problems(config):
+    """What :meth:`Config.validate` adds for a baseline model."""
+    spec = BASELINES[config.model]
+    problems = []
+    defaults = Config()
+    for name in _BASELINE_FIXED:
+        if getattr(config, name) != getattr(defaults, name):
+            problems.append(
+                f"{name}={getattr(config, name)!r} (model {config.model!r} has its family's; "
+                "leave it unset)"
+            )
+    if config.head_dropout and spec.config.get("head") != "mlp":
+        problems.append(
+            f"head_dropout={config.head_dropout!r} (must be 0: {config.model} has a linear head)"
+        )
+    if bool(config.depths) != bool(config.dims) or (
+        config.depths and not (len(config.depths) == len(config.dims) == 4)
+    ):
+        problems.append(
+            f"depths={config.depths!r}, dims={config.dims!r} (a baseline's trunk override "
+            "needs both, four numbers each; leave both unset for the registry's)"
+        )
+    else:
+        mixers = spec.config.get("token_mixers", ())
+        for stage, (mixer, dim) in enumerate(zip(mixers, config.dims, strict=False)):
+            if mixer == "attention" and dim % 32:
+                problems.append(
+                    f"dims={config.dims!r} (stage {stage} has attention, whose heads are 32 "
+                    "channels: its dim must be a multiple of 32)"
+                )
+    return problems
+
+
+def _scaled_lr(recipe):
+    """The recipe's lr as ``lr_per_1024``, this module's rule (peak lr = batch_size /
+    1024 x lr_per_1024): linear in the batch, so a smaller batch keeps the official
+    lr per image (4e-3 at 4096 is 1e-3 per 1024)."""
+    return recipe["lr"] / (recipe["batch_size"] / 1024)
+
+
+# How each number of ``ModelSpec.recipe`` lands on a Config field: a field name, or a
+# function of the whole recipe returning (field, value).
+_RECIPE_FIELDS = {
+    "batch_size": "batch_size",
+    "epochs": "epochs",
+    "weight_decay": "weight_decay",
+    "min_lr": "min_lr",
+    "label_smoothing": "label_smoothing",
+    "mixup": "mixup_alpha",
+    "cutmix": "cutmix_alpha",
+    "random_erasing": "random_erasing",
+    "optimizer": "optimizer",
+    "lr": lambda recipe: ("lr_per_1024", _scaled_lr(recipe)),
+    "warmup_epochs": "warmup_epochs",
+    "drop_path_rate": "drop_path_rate",
+    "head_dropout": "head_dropout",
+}
+
+# What timm 0.6.11's LAMB (the official train.py's) uses unless told: its epsilon.
+_OPTIMIZER_DEFAULTS = {"adamw": {"epsilon": 1e-8}, "lamb": {"epsilon": 1e-6}}
+
+
+def baseline_config(name, **changes):
+    """The official ImageNet-1k pretraining recipe of the baseline ``name``, from its
+    registry entry: the numbers of ``sail-sg/metaformer``'s ``scripts/<family>/train_*.sh``
+    (``ModelSpec.recipe``) over ``train.py``'s defaults (the fields' defaults here:
+    warmup from 1e-6, 10 cooldown epochs, RandAugment rand-m9-mstd0.5-inc1, mixup switch
+    0.5, random resized crop 0.08-1 with a random interpolation, flips; no EMA, no
+    gradient clipping but LAMB's own). Evaluation crops as the released checkpoints
+    were evaluated (1.0). A recipe number this module cannot map is an error."""
+    spec = BASELINES[name]
+    fields = {}
+    for key in spec.recipe:
+        if key not in _RECIPE_FIELDS:
+            raise ValueError(f"{name}'s recipe has {key!r}, which no training field takes.")
+        target = _RECIPE_FIELDS[key]
+        field, value = target(spec.recipe) if callable(target) else (target, spec.recipe[key])
+        fields[field] = value
+    fields.update(_OPTIMIZER_DEFAULTS[fields.get("optimizer", "adamw")])
+    top1 = f"; the paper reports {spec.top1}% top-1 with it" if spec.top1 else ""
+    fields["note"] = (
+        f"keras-poolformer train --config {name} --data tfds:imagenet2012 --data-dir DIR "
+        f"--output runs/{name} [accum_steps=N to reach batch {fields['batch_size']} on fewer "
+        f"devices]. Not run by this project yet (300 epochs of ImageNet){top1}."
+    )
+    crop = spec.checkpoints[0].crop_pct if spec.checkpoints else 1.0
+    return Config(model=name, crop_pct=crop, **{**fields, **changes})
 
 
 def variant_config(variant, **changes):
@@ -231,6 +354,7 @@ def hybrid_config(key, **changes):
 
 
 CONFIGS.update({key: hybrid_config(key) for key in HYBRID_CONFIGS})
+CONFIGS.update({name: baseline_config(name) for name in BASELINES})
 
 # Fine-tuning an ImageNet PoolFormer on a new dataset (use with --init imagenet):
 # a short schedule at a tenth of the lr, the same augmentation.

@@ -63,9 +63,69 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
+@keras.saving.register_keras_serializable(package="keras_poolformer")
+class Lamb(keras.optimizers.Lamb):
+    """LAMB as timm's ``Lamb`` (v0.6.11, the official MetaFormer ``train.py``'s) computes
+    it, on Keras's ``Lamb`` and its state (moments, step):
+
+    - the gradient is first clipped to a global norm of ``max_grad_norm`` (timm's
+      default 1.0), over every trainable variable and the whole global batch (all
+      replicas' gradients summed, as the update uses them);
+    - weight decay is part of the update (``adam_update + weight_decay * w``) and so
+      scaled by the trust ratio, where Keras's ``Lamb`` decays apart from it;
+    - variables exempt from weight decay get the plain Adam update, without the
+      trust ratio (timm's ``always_adapt=False``); Keras's adapts every variable.
+    """
+
+    def __init__(self, max_grad_norm=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
+
+    def _clip_gradients(self, grads):
+        grads = super()._clip_gradients(grads)
+        if not self.max_grad_norm:
+            return grads
+        context = tf.distribute.get_replica_context()
+        total = grads
+        if context is not None and context.num_replicas_in_sync > 1:
+            # Each replica holds its share of the sum; the norm is the sum's.
+            total = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        norm = tf.linalg.global_norm([g for g in total if g is not None])
+        clip = tf.where(norm > self.max_grad_norm, norm / self.max_grad_norm, 1.0)
+        return [None if g is None else g / tf.cast(clip, g.dtype) for g in grads]
+
+    def _apply_weight_decay(self, variables):
+        pass  # inside update_step, under the trust ratio
+
+    def update_step(self, gradient, variable, learning_rate):
+        lr = tf.cast(learning_rate, variable.dtype)
+        gradient = tf.cast(gradient, variable.dtype)
+        step = tf.cast(self.iterations + 1, variable.dtype)
+        m = self._momentums[self._get_variable_index(variable)]
+        v = self._velocities[self._get_variable_index(variable)]
+        m.assign_add((gradient - m) * (1 - self.beta_1))
+        v.assign_add((tf.square(gradient) - v) * (1 - self.beta_2))
+        bias_1 = 1 - tf.pow(tf.cast(self.beta_1, variable.dtype), step)
+        bias_2 = 1 - tf.pow(tf.cast(self.beta_2, variable.dtype), step)
+        update = (m / bias_1) / (tf.sqrt(v) / tf.sqrt(bias_2) + self.epsilon)
+        if self.weight_decay and self._use_weight_decay(variable):
+            update = update + self.weight_decay * variable
+            w_norm = tf.norm(variable)
+            u_norm = tf.norm(update)
+            ratio = tf.where(w_norm > 0, tf.where(u_norm > 0, w_norm / u_norm, 1.0), 1.0)
+            update = update * ratio
+        variable.assign_sub(lr * update)
+
+    def get_config(self):
+        return {**super().get_config(), "max_grad_norm": self.max_grad_norm}
+
+
 def make_optimizer(config, model, steps_per_epoch):
-    """AdamW with the recipe's schedule; biases, norm affines and layer scales (every
-    1-D parameter) are exempt from weight decay, as timm's optimizer factory does."""
+    """The config's optimizer (AdamW, or timm's LAMB: :class:`Lamb`) with the recipe's
+    schedule; biases, norm affines, layer and residual scales, StarReLU's scale and bias
+    (every 1-D parameter) are exempt from weight decay, as timm's optimizer factory
+    does (it also exempts names in ``no_weight_decay()``, the MetaFormers' ``norm``:
+    1-D as well)."""
     schedule = WarmupCosine(
         config.peak_lr,
         config.warmup_epochs * steps_per_epoch,
@@ -73,7 +133,8 @@ def make_optimizer(config, model, steps_per_epoch):
         config.warmup_lr,
         config.min_lr,
     )
-    optimizer = keras.optimizers.AdamW(
+    kind = Lamb if getattr(config, "optimizer", "adamw") == "lamb" else keras.optimizers.AdamW
+    optimizer = kind(
         learning_rate=schedule,
         weight_decay=config.weight_decay,
         beta_1=config.beta_1,
@@ -147,9 +208,37 @@ def _set_precision(config, strategy):
 # --- model -------------------------------------------------------------------------------
 
 
+def build_baseline(config, num_classes):
+    """A MetaFormer baseline (``config.model`` a registry name, ``caformer_s18``) with
+    logits out: its constructor with the config's drop path (and head dropout, for the
+    MLP-head families), or, when the config gives depths and dims, the family's parts on
+    that trunk (for tests and small experiments)."""
+    spec = kp.registry.get(config.model)
+    args = {
+        "input_shape": (config.image_size, config.image_size, 3),
+        "classes": num_classes,
+        "classifier_activation": None,
+        "drop_path_rate": config.drop_path_rate,
+        "weights": None,
+    }
+    if spec.config.get("head") == "mlp":
+        args["head_dropout"] = config.head_dropout
+    if config.depths:
+        architecture = {**spec.config, "depths": tuple(config.depths), "dims": tuple(config.dims)}
+        return kp.baselines.MetaFormerBaseline(**architecture, **args, name=f"{spec.name}_custom")
+    return getattr(kp, spec.constructor)(**args)
+
+
 def build_model(config, num_classes, init=None):
     """The classifier to train (logits out), optionally initialised from pretrained
     weights (``"imagenet"`` or a weights/checkpoint path) with a fresh head."""
+    if config.model in kp.registry.MODELS:
+        if init:
+            raise ValueError(
+                f"--init loads PoolFormer weights; {config.model} is a MetaFormer baseline "
+                "(it has no pretrained weights here yet)."
+            )
+        return build_baseline(config, num_classes)
     if config.model == "custom":
         depths, dims = config.depths, config.dims
     else:
@@ -194,12 +283,15 @@ def build_model(config, num_classes, init=None):
 
 
 def seed_variables(model):
-    """The state of every DropPath's random generator, so that a resumed run draws
-    the same stochastic-depth masks as an uninterrupted one."""
+    """The state of every DropPath's random generator, then every Dropout's (the
+    baselines' MLP head), so that a resumed run draws the same stochastic-depth and
+    dropout masks as an uninterrupted one."""
+    layers = list(model._flatten_layers())
     return [
         layer.seed_generator.state
-        for layer in model._flatten_layers()
-        if isinstance(layer, kp.layers.DropPath) and layer.seed_generator is not None
+        for kind in (kp.layers.DropPath, keras.layers.Dropout)
+        for layer in layers
+        if isinstance(layer, kind) and getattr(layer, "seed_generator", None) is not None
     ]
 
 
@@ -418,6 +510,12 @@ def _check_same_run(output, run_config):
     with open(saved_path, encoding="utf-8") as f:
         saved = json.load(f)
     current = json.loads(json.dumps(run_config))  # tuples as lists, as saved
+    # A run saved before a field existed ran with that field's default.
+    from keras_poolformer.training import configs
+
+    for field in dataclasses.fields(configs.Config):
+        if field.name not in saved and current.get(field.name) == field.default:
+            saved[field.name] = current[field.name]
     differ = sorted(
         k for k in set(saved) | set(current)
         if k not in _RESUMABLE_CHANGES and saved.get(k) != current.get(k)
