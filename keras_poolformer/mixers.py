@@ -26,6 +26,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_poolformer.norms import ModifiedLayerNorm
+
 PACKAGE = "keras_poolformer"
 _INV_SQRT2 = 0.7071067811865476
 
@@ -109,8 +111,6 @@ def make_norm(kind, name, dtype=None, affine=True):
     """A new norm layer: ``"mln"`` (one-group GroupNorm over H, W, C), ``"layernorm"``
     (over channels at each position, as the official ``LayerNormChannel``), or
     ``"batchnorm"``. Epsilons and momentum are PyTorch's (1e-5; 0.1 = Keras' 0.9)."""
-    from keras_poolformer.layers import ModifiedLayerNorm
-
     if kind == "mln":
         return ModifiedLayerNorm(name=name, dtype=dtype, center=affine, scale=affine)
     if kind == "layernorm":
