@@ -4,6 +4,9 @@ and tiny-trunk runs of a SepConv family and RandFormer that train, checkpoint an
 resume bit for bit."""
 
 import dataclasses
+import json
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -237,3 +240,49 @@ def test_tiny_baseline_trains_checkpoints_and_resumes_bit_for_bit(tmp_path, name
     else:
         assert "RandomMixing" in kinds
     resume_from_copy(run, tmp_path / "resumed", 2, config, spec)
+
+
+def test_lamb_clips_the_norm_of_the_gradient_summed_over_replicas(tmp_path):
+    """On two replicas whose gradients are each under the clip norm but whose sum (the
+    update's gradient) is over it, the update is timm's on the clipped sum. (Two steps,
+    the second unclipped: Adam's first step does not see a gradient's scale.)"""
+    script = """
+import json, numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from keras_poolformer.training import trainer
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+rng = np.random.default_rng(1)
+start = [rng.normal(size=(4, 3)).astype("float32"), rng.normal(size=(3,)).astype("float32")]
+grads = [rng.normal(size=x.shape).astype("float32") for x in start]
+norm = np.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in grads))
+shares = (0.8, 1.2)  # per-replica norms 0.56 and 0.84, summed 1.4
+halves = [[(g / norm * 0.7 * s).astype("float32") for g in grads] for s in shares]
+with strategy.scope():
+    variables = [keras.Variable(x) for x in start]
+    optimizer = trainer.Lamb(learning_rate=0.05, weight_decay=0.05, epsilon=1e-6)
+    optimizer.exclude_from_weight_decay(var_list=[variables[1]])
+    optimizer.build(variables)
+
+def replica(scale):
+    first = tf.distribute.get_replica_context().replica_id_in_sync_group == 0
+    local = [tf.where(first, a, b) * scale for a, b in zip(*halves)]
+    optimizer.apply_gradients(zip(local, variables))
+
+step = tf.function(lambda scale: strategy.run(replica, (scale,)))
+step(tf.constant(1.0))
+step(tf.constant(0.3))
+print(json.dumps([v.numpy().tolist() for v in variables] + [start[0].tolist(), start[1].tolist()]
+                 + [[(a + b).tolist() for a, b in zip(*halves)]]))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    *got, w0, b0, summed = json.loads(result.stdout.strip().splitlines()[-1])
+    start = [np.array(w0, np.float32), np.array(b0, np.float32)]
+    summed = [np.array(g, np.float32) for g in summed]
+    assert np.sqrt(sum((g**2).sum() for g in summed)) > 1.3  # clipped to 1
+    steps = [summed, [g * np.float32(0.3) for g in summed]]
+    want = timm_lamb(start, steps, 0.05, 0.05, decayed=[True, False])
+    for variable, expected in zip(got, want, strict=True):
+        np.testing.assert_allclose(np.array(variable), expected, rtol=1e-5, atol=1e-6)
