@@ -1,4 +1,4 @@
-"""PyTorch PoolFormer checkpoints -> Keras, without torch.
+"""PyTorch PoolFormer and MetaFormer checkpoints -> Keras, without torch.
 
 Installed as ``keras_poolformer.convert``. The pieces are pure functions:
 
@@ -9,7 +9,9 @@ Installed as ``keras_poolformer.convert``. The pieces are pure functions:
 - :func:`to_official` / :func:`detect_layout` / :func:`infer_architecture`
   (``layouts.py``): official, timm or transformers keys -> the official layout;
 - :func:`keras_poolformer.porting.load_state_dict`: official layout -> Keras model;
-- :func:`convert_checkpoint`: all of it, to a ``.weights.h5`` or ``.keras`` file.
+- :func:`convert_checkpoint`: all of it, to a ``.weights.h5`` or ``.keras`` file, for
+  PoolFormer v1, the v1 MetaFormer hybrids (``hybrids.py``) and the MetaFormer
+  baselines (``layouts.baseline_to_official``, ``layouts.infer_baseline``).
 
 The command line is ``keras-poolformer convert CHECKPOINT --output FILE [--verify]``.
 """
@@ -81,29 +83,132 @@ def build_for(state, variant=None):
     return model
 
 
+def _baseline_model(state, layout, hint, checkpoint):
+    """Builds the baseline an official-layout state dict holds and loads it."""
+    import keras_poolformer as kp
+    from keras_poolformer import registry
+    from keras_poolformer.baselines import layout as baseline_layout
+    from keras_poolformer.convert.layouts import infer_baseline
+
+    try:
+        arch = infer_baseline(state, hint=hint or os.path.basename(os.fspath(checkpoint)))
+    except CheckpointError as error:
+        raise CheckpointError(f"checkpoint '{os.fspath(checkpoint)}': {error}") from None
+    spec = registry.get(arch["name"])
+    if hint and hint in registry.MODELS and hint != spec.name:
+        raise ValueError(f"the checkpoint holds {spec.name}, not {hint}.")
+    size = arch["image_size"]
+    model = getattr(kp, spec.constructor)(
+        weights=None,
+        include_top=arch["classes"] is not None,
+        classes=arch["classes"] or 1000,
+        input_shape=(size, size, 3),
+    )
+    report = baseline_layout.load_state_dict(model, state)
+    arch = {**arch, "variant": None, "title": spec.constructor, "kind": "baseline"}
+    return model, arch, report
+
+
+def _hybrid_model(state, key):
+    """Builds the v1 hybrid ``key`` and loads an official-layout state dict into it."""
+    import keras_poolformer as kp
+    from keras_poolformer.convert import hybrids
+
+    classes = hybrids.classes_of(state)
+    model = kp.HYBRIDS[key](weights=None, include_top=classes is not None, classes=classes or 1000)
+    report = hybrids.load_state_dict(model, key, state)
+    arch = {
+        "name": hybrids.NAMES[key],
+        "title": model.name,
+        "classes": classes,
+        "variant": None,
+        "kind": "hybrid",
+    }
+    return model, arch, report
+
+
+def _hybrid_hint(hint):
+    from keras_poolformer.convert import hybrids
+
+    if hint is None:
+        return None
+    name = hint[len("metaformer_") :] if hint.startswith("metaformer_") else hint
+    return name if name in hybrids.FILENAMES else None
+
+
+def model_names():
+    """Every name ``convert_checkpoint``'s ``variant`` takes: PoolFormer v1 variants
+    (``"s12"``...), the v1 hybrids (``"metaformer_pppa_s12"``...) and the baselines
+    (``"caformer_s18"``...)."""
+    from keras_poolformer import registry
+    from keras_poolformer.convert import hybrids
+    from keras_poolformer.models import MODEL_CONFIGS
+
+    return [*MODEL_CONFIGS, *hybrids.NAMES.values(), *registry.MODELS]
+
+
 def convert_checkpoint(checkpoint, output, variant=None):
-    """Converts a PoolFormer checkpoint to a Keras ``.weights.h5`` or ``.keras`` file.
+    """Converts a PoolFormer, MetaFormer-hybrid or MetaFormer-baseline checkpoint to a
+    Keras ``.weights.h5`` or ``.keras`` file.
+
+    What the file holds is read off its tensors: a baseline (official
+    sail-sg/metaformer or timm layout; PoolFormerV2 and IdentityFormer have the same
+    tensors, told apart by ``variant`` or by the family in the file name, else an error
+    says so), a v1 hybrid (official sail-sg/poolformer ``models/metaformer.py`` layout;
+    the identity model ``metaformer_id_s12`` has PoolFormer-S12's tensors and is taken
+    for it unless ``variant`` or the file name names it) or a PoolFormer v1.
 
     Args:
         checkpoint: a ``.pth`` / ``.pth.tar`` / ``.bin`` / ``.safetensors`` /
             ``.npz`` file or a Hugging Face model folder, in any known layout.
         output: where to write; the suffix picks the format. Written atomically.
-        variant: optional expected variant; inferred from the shapes otherwise.
+        variant: optional expected model (:func:`model_names`); inferred otherwise.
 
     Returns:
         ``(model, info)``: the loaded Keras model and a dict with the checkpoint's
         ``layout``, the inferred ``architecture``, the port ``report`` and the
         official-layout ``state`` it was loaded from.
     """
+    from keras_poolformer.convert import hybrids
+    from keras_poolformer.convert.layouts import baseline_layout, baseline_to_official
+
     output = os.fspath(output)
     if not output.endswith(OUTPUT_SUFFIXES):
         raise ValueError(f"output must end with {' or '.join(OUTPUT_SUFFIXES)}; got '{output}'.")
-    state, layout = load_official(checkpoint)
-    try:
-        model = build_for(state, variant)
-    except CheckpointError as error:  # the architecture cannot be read off the tensors
-        raise CheckpointError(f"checkpoint '{os.fspath(checkpoint)}': {error}") from None
-    report = porting.load_state_dict(model, state)
+    if variant is not None and variant not in model_names():
+        raise ValueError(f"unknown model {variant!r}; choose one of {', '.join(model_names())}.")
+    raw = read_checkpoint(checkpoint)
+    hybrid_hint = _hybrid_hint(variant) or _hybrid_hint(
+        os.path.basename(os.fspath(checkpoint)).split(".")[0].removesuffix("_224")
+    )
+    key = None
+    if "patch_embed.proj.weight" in raw:
+        key = hybrids.detect(raw, hint=hybrid_hint)
+        if key is None and variant is not None and hybrid_hint:
+            key = hybrid_hint  # named explicitly: the shape check says what does not fit
+    if baseline_layout(raw):
+        state, layout = baseline_to_official(raw)
+        model, arch, report = _baseline_model(state, layout, variant, checkpoint)
+    elif key is not None:
+        state, layout = raw, "official"
+        if variant and _hybrid_hint(variant) != key:
+            raise ValueError(f"the checkpoint holds {hybrids.NAMES[key]}, not {variant}.")
+        model, arch, report = _hybrid_model(state, key)
+    else:
+        if variant is not None and variant not in _v1_variants():
+            raise ValueError(
+                f"the checkpoint holds no {variant}: it is not in that model's layout."
+            )
+        try:
+            state, layout = to_official(raw)
+        except CheckpointError as error:
+            raise CheckpointError(f"checkpoint '{os.fspath(checkpoint)}': {error}") from None
+        try:
+            model = build_for(state, variant)
+        except CheckpointError as error:  # the architecture cannot be read off the tensors
+            raise CheckpointError(f"checkpoint '{os.fspath(checkpoint)}': {error}") from None
+        report = porting.load_state_dict(model, state)
+        arch = infer_architecture(state)
     with files.atomic_path(output) as tmp:
         if output.endswith(".keras"):
             model.save(tmp)
@@ -111,8 +216,14 @@ def convert_checkpoint(checkpoint, output, variant=None):
             model.save_weights(tmp)
     info = {
         "layout": layout,
-        "architecture": infer_architecture(state),
+        "architecture": arch,
         "report": report,
         "state": state,
     }
     return model, info
+
+
+def _v1_variants():
+    from keras_poolformer.models import MODEL_CONFIGS
+
+    return tuple(MODEL_CONFIGS)

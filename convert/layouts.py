@@ -169,6 +169,8 @@ def infer_architecture(state):
 
 def describe(architecture):
     """A short name for what :func:`infer_architecture` found, for messages."""
+    if architecture.get("title"):
+        return architecture["title"]
     if architecture["variant"]:
         return f"PoolFormer-{architecture['variant'].upper()}"
     return f"a PoolFormer with depths {architecture['depths']} and dims {architecture['dims']}"
@@ -189,3 +191,155 @@ def load_official(path):
         return to_official(state)
     except CheckpointError as error:
         raise CheckpointError(f"checkpoint '{os.fspath(path)}': {error}") from None
+
+
+# --- the MetaFormer baselines (sail-sg/metaformer) ------------------------------------
+#
+# Two layouts: the official one (``downsample_layers.0.conv.weight``..., see
+# :mod:`keras_poolformer.baselines.layout`) and timm's (the ``timm/*.sail_*`` hub files:
+# ``stem.conv``, ``stem.norm``, ``stages.{s}.downsample.{norm,conv}``,
+# ``stages.{s}.blocks.{j}.*`` with the MLPs' and SepConv's pointwise layers as 1x1
+# convolutions (out, in, 1, 1), ``head.norm``, ``head.fc`` or ``head.fc.{fc1,norm,fc2}``).
+
+BASELINE_MARKERS = {"official": "downsample_layers.0.conv.weight", "timm": "stem.norm.weight"}
+
+_BASELINE_TIMM_RULES = [
+    (r"^stem\.conv\.", "downsample_layers.0.conv."),
+    (r"^stem\.norm\.", "downsample_layers.0.post_norm."),
+    (r"^stages\.(\d+)\.downsample\.norm\.", lambda m: f"downsample_layers.{m[1]}.pre_norm."),
+    (r"^stages\.(\d+)\.downsample\.conv\.", lambda m: f"downsample_layers.{m[1]}.conv."),
+    (r"^stages\.(\d+)\.blocks\.(\d+)\.", lambda m: f"stages.{m[1]}.{m[2]}."),
+    (r"^head\.norm\.", "norm."),
+    (r"^head\.fc\.(fc1|norm|fc2)\.", lambda m: f"head.{m[1]}."),
+    (r"^head\.fc\.", "head."),
+]
+# Official nn.Linear layers that timm runs as 1x1 convolutions.
+_BASELINE_POINTWISE = re.compile(r"\.(mlp\.fc[12]|token_mixer\.pwconv[12])\.weight$")
+
+# The families' mixers per stage as the tensors show them: "none" is pooling or identity,
+# which have no tensors and so cannot be told apart.
+_FAMILY_MIXERS = {
+    ("sepconv",) * 4: ("convformer",),
+    ("sepconv", "sepconv", "attention", "attention"): ("caformer",),
+    ("none", "none", "random", "random"): ("randformer",),
+    ("none",) * 4: ("poolformerv2", "identityformer"),
+}
+
+
+def baseline_layout(state):
+    """``"official"`` or ``"timm"`` when ``state`` is a MetaFormer baseline, else ``None``."""
+    found = [layout for layout, marker in BASELINE_MARKERS.items() if marker in state]
+    return found[0] if len(found) == 1 else None
+
+
+def baseline_to_official(state, layout=None):
+    """Renames a baseline state dict (official or timm layout) to the official layout,
+    with timm's 1x1-convolution weights reshaped to the official (out, in).
+
+    Returns:
+        ``(official_state, layout)``; keys no rule knows are kept, for the shape check
+        to name.
+    """
+    layout = layout or baseline_layout(state)
+    if layout is None:
+        raise CheckpointError(
+            "not a MetaFormer baseline checkpoint in a known layout: expected "
+            f"{' or '.join(BASELINE_MARKERS.values())}."
+        )
+    if layout == "official":
+        return dict(state), layout
+    official = {}
+    for key, value in state.items():
+        key = _rename(key, _BASELINE_TIMM_RULES)
+        if _BASELINE_POINTWISE.search(key) and value.ndim == 4 and value.shape[2:] == (1, 1):
+            value = value.reshape(value.shape[:2])
+        official[key] = value
+    return official, layout
+
+
+def _baseline_mixer(state, stage):
+    p = f"stages.{stage}.0.token_mixer."
+    for mixer, key in (
+        ("sepconv", "pwconv1.weight"),
+        ("attention", "qkv.weight"),
+        ("random", "random_matrix"),
+    ):
+        if p + key in state:
+            return mixer
+    return "none"
+
+
+def _family_hint(hint, families):
+    """The family of ``families`` that ``hint`` (a model or file name) names, or ``None``."""
+    name = os.path.basename(os.fspath(hint or "")).lower()
+    named = [f for f in families if f in name]
+    return named[0] if len(named) == 1 else None
+
+
+def infer_baseline(state, hint=None):
+    """The registered baseline an official-layout state dict holds.
+
+    PoolFormerV2 and IdentityFormer have the same tensors (pooling and identity mixers
+    have none); ``hint``, a model name (``"identityformer_s12"``) or a file name
+    (``identityformer_s12.pth``), tells them apart, else :class:`CheckpointError` says
+    the file is ambiguous and how to resolve it.
+
+    Returns:
+        ``dict(name, family, classes, image_size)``: the registry name, its family,
+        the classifier's rows (``None`` without one) and the input side the random
+        mixers fix (else 224).
+    """
+    from keras_poolformer import registry
+
+    dims = [_leading_dim(state, f"downsample_layers.{s}.conv.weight") for s in range(4)]
+    depths = []
+    for s in range(4):
+        blocks = {
+            int(m[1])
+            for key in state
+            if (m := re.match(rf"stages\.{s}\.(\d+)\.norm1\.weight$", key))
+        }
+        depths.append(max(blocks) + 1 if blocks else 0)
+    mixers = tuple(_baseline_mixer(state, s) for s in range(4))
+    families = _FAMILY_MIXERS.get(mixers)
+    if families is None:
+        raise CheckpointError(
+            f"the baseline checkpoint's token mixers per stage ({', '.join(mixers)}) are "
+            "those of no MetaFormer baseline family."
+        )
+    family = families[0]
+    if len(families) > 1:
+        family = _family_hint(hint, families)
+        if family is None:
+            raise CheckpointError(
+                f"the checkpoint is ambiguous: {' and '.join(families)} have the same tensors "
+                "(pooling and identity mixers have no weights). Name the model "
+                "(--model poolformerv2_s12 / identityformer_s12 on the command line, or load "
+                "through the model's constructor), or keep the family in the file name "
+                "(e.g. identityformer_s12.pth)."
+            )
+    spec = next(
+        (
+            s
+            for s in registry.family_models(family)
+            if tuple(s.config["depths"]) == tuple(depths) and tuple(s.config["dims"]) == tuple(dims)
+        ),
+        None,
+    )
+    if spec is None:
+        raise CheckpointError(
+            f"the checkpoint is a {family} with depths {tuple(depths)} and dims {tuple(dims)}, "
+            "which is none of its named sizes."
+        )
+    if "head.fc2.weight" in state:
+        classes = _leading_dim(state, "head.fc2.weight")
+    elif "head.weight" in state:
+        classes = _leading_dim(state, "head.weight")
+    else:
+        classes = None
+    image_size = 224
+    random = "stages.2.0.token_mixer.random_matrix"
+    if random in state:
+        tokens = state[random].shape[0]
+        image_size = int(round(tokens**0.5)) * 16
+    return {"name": spec.name, "family": family, "classes": classes, "image_size": image_size}

@@ -317,7 +317,21 @@ def MetaFormer(
         raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
     if weights is not None and not isinstance(weights, (str, os.PathLike)):
         raise ValueError(f"weights must be 'imagenet', None or a file path, got {weights!r}.")
-    if weights is not None and not is_poolformer:
+    hybrid = (
+        None
+        if is_poolformer
+        else _hybrid_key(
+            depths,
+            dims,
+            specs,
+            norm,
+            activation,
+            position_embeddings,
+            mlp_ratio,
+            layer_scale_init_value,
+        )
+    )
+    if weights is not None and not is_poolformer and hybrid is None:
         if not os.fspath(weights).endswith(weights_file.SUFFIX):
             raise ValueError(
                 f"model '{name}' is not a PoolFormer; it loads only Keras "
@@ -325,7 +339,15 @@ def MetaFormer(
             )
         if not os.path.isfile(weights):
             raise ValueError(f"weights file '{weights}' does not exist.")
-    if weights == "imagenet":
+    if hybrid is not None and weights not in (None, "imagenet") and not os.path.exists(weights):
+        raise ValueError(f"weights file '{weights}' does not exist.")
+    if weights == "imagenet" and hybrid is not None:
+        if include_top and classes != 1000:
+            raise ValueError(
+                f"weights='imagenet' with include_top=True needs classes=1000 (the ImageNet "
+                f"classifier), got classes={classes}. Use include_top=False for a new head."
+            )
+    elif weights == "imagenet":
         if include_top and classes != 1000:
             raise ValueError(
                 f"weights='imagenet' with include_top=True needs classes=1000 (the ImageNet "
@@ -351,6 +373,8 @@ def MetaFormer(
         )
 
     state = None  # an official-layout state dict, when weights is a PyTorch checkpoint
+    if weights is not None and hybrid is not None:
+        state = _hybrid_state(hybrid, weights, include_top, classes, input_shape, name)
     if weights is not None and is_poolformer:
         expected = porting.official_shapes(
             depths, dims, mlp_ratio, classes if include_top else None, input_shape[-1]
@@ -426,7 +450,11 @@ def MetaFormer(
         inputs = sources[0] if len(sources) == 1 else sources
     model = keras.Model(inputs, x, name=name)
 
-    if state is not None:
+    if state is not None and hybrid is not None:
+        from keras_poolformer.convert import hybrids
+
+        hybrids.load_state_dict(model, hybrid, state)
+    elif state is not None:
         porting.load_state_dict(model, state)
     elif weights is not None and is_poolformer:
         weights_file.load(model, weights)
@@ -434,6 +462,56 @@ def MetaFormer(
         weights_file.check_against_model(weights, model)
         weights_file.load(model, weights)
     return model
+
+
+def _hybrid_key(depths, dims, specs, norm, activation, position_embeddings, mlp_ratio, scale):
+    """The key of the official hybrid (``"pppa_s12"``...) with this architecture, or
+    ``None``: only they have an official checkpoint layout among the MetaFormers."""
+    s12 = MODEL_CONFIGS["s12"]
+    if (
+        tuple(depths) != tuple(s12["depths"])
+        or tuple(dims) != tuple(s12["dims"])
+        or mlp_ratio != 4
+        or activation != "gelu"
+        or scale != s12["layer_scale_init_value"]
+    ):
+        return None
+    for key, config in HYBRID_CONFIGS.items():
+        defaults = [mixers.mixer_spec(m) for m in config["token_mixers"]]
+        if (
+            list(specs) == defaults
+            and norm == config["norm"]
+            and tuple(position_embeddings) == tuple(config["position_embeddings"])
+        ):
+            return key
+    return None
+
+
+def _hybrid_state(key, weights, include_top, classes, input_shape, name):
+    """The official-layout state dict of hybrid ``key`` from ``weights`` ("imagenet", a
+    ``.weights.h5`` file: ``None``, or a checkpoint), checked against the model about to
+    be built."""
+    from keras_poolformer.convert import hybrids, read_checkpoint
+
+    if weights == "imagenet":
+        state = pretrained.read_state(pretrained.fetch(pretrained.hybrid_release(key)))
+        source = f"the ImageNet checkpoint of {hybrids.NAMES[key]}"
+    elif os.fspath(weights).endswith(weights_file.SUFFIX):
+        return None  # checked against the built model, then loaded by Keras
+    else:
+        state = read_checkpoint(weights)
+        source = f"checkpoint '{os.fspath(weights)}'"
+    found = hybrids.classes_of(state)
+    if include_top and found is not None and found != classes:
+        raise ValueError(
+            f"{source} has a classifier for {found} classes, model '{name}' one for "
+            f"{classes}; pass classes={found}, or include_top=False."
+        )
+    expected = hybrids.official_shapes(
+        key, classes if include_top else None, image_size=input_shape[0]
+    )
+    porting.check_state_dict(state, expected, f"model '{name}' ({hybrids.NAMES[key]})")
+    return state
 
 
 def _named_variant(depths, dims, mlp_ratio, pool_size):
@@ -648,6 +726,14 @@ _HYBRID_NAMES = {
     "pppf_s12": "MetaFormerPPPFS12",
     "ppff_s12": "MetaFormerPPFFS12",
 }
+# The release files (``model_urls`` of the official models/metaformer.py).
+_HYBRID_FILES = {
+    "id_s12": "metaformer_id_s12.pth.tar",
+    "pppa_s12": "metaformer_pppa_s12_224.pth.tar",
+    "ppaa_s12": "metaformer_ppaa_s12_224.pth.tar",
+    "pppf_s12": "metaformer_pppf_s12_224.pth.tar",
+    "ppff_s12": "metaformer_ppff_s12_224.pth.tar",
+}
 _MIXER_WORDS = {
     "identity": "Identity",
     "pooling": "Pool",
@@ -662,8 +748,12 @@ Token mixers per stage: [{mixers}]; norm: {norm}{pos}. Built like
 :func:`keras_poolformer.MetaFormer`. Its training recipe is the ``{key}`` config of
 ``keras_poolformer.training`` (batch 1024, peak lr 1e-3).
 
-No pretrained weights are provided for these models (``weights`` is ``None`` or a
-``.weights.h5`` file). {fixed}
+``weights``: ``None`` (the default: random initialisation), ``"imagenet"`` (the
+official ImageNet-1k checkpoint of sail-sg/poolformer's release v1.0,
+``{filename}``, downloaded, converted and cached on first use, as PoolFormer's), a
+Keras ``.weights.h5`` file, or a checkpoint in the official ``models/metaformer.py``
+layout (``.pth.tar``, ``.pth``, ``.safetensors``, ``.npz``...), checked before the
+model is built. {fixed}
 
 Args:
     include_top, weights, input_tensor, input_shape, pooling, classes,
@@ -726,6 +816,7 @@ def _hybrid(key):
         ),
         key=key,
         name=_HYBRID_NAMES[key],
+        filename=_HYBRID_FILES[key],
         fixed=(
             "Its position embedding or spatial MLP fixes the input size (224x224 by default)."
             if fixed or config["position_embeddings"]

@@ -25,6 +25,7 @@ the release location, for mirrors and air-gapped sites.
 """
 
 import contextlib
+import dataclasses
 import glob
 import http.client
 import json
@@ -34,7 +35,9 @@ import sys
 import urllib.error
 import urllib.request
 
-from keras_poolformer import files
+import numpy as np
+
+from keras_poolformer import files, porting
 
 RELEASE_URL = "https://github.com/sail-sg/poolformer/releases/download/v1.0/"
 MIRROR_ENV = "KERAS_POOLFORMER_MIRROR"
@@ -55,8 +58,8 @@ def cache_dir():
 
 
 def source_url(variant):
-    base = os.environ.get(MIRROR_ENV) or RELEASE_URL
-    return base.rstrip("/") + "/" + FILENAMES[variant]
+    """Where PoolFormer-``variant``'s release file is fetched from (mirror or release)."""
+    return _source_url(_v1_release(variant))
 
 
 class _Progress:
@@ -106,21 +109,53 @@ def _download(url, path):
         raise WeightsUnavailableError(f"could not download {url}: {error!r}") from None
 
 
-def _record_path(variant):
-    return os.path.join(cache_dir(), f"poolformer_{variant}.json")
+@dataclasses.dataclass(frozen=True)
+class Release:
+    """One release file and where its converted form is cached.
+
+    Attributes:
+        stem: the cache entries' name (``"poolformer_s12"``, ``"caformer_s18.in1k"``,
+            ``"metaformer_pppa_s12"``): ``<stem>.json``, ``.<stem>.lock`` and the
+            converted ``<stem><suffix>``.
+        relative: the file's path under the release base (``"poolformer_s12.pth.tar"``,
+            ``"caformer/caformer_s18_384.pth"``); a mirror serves the same path.
+        release_url: the release base URL.
+        title: for messages (``"PoolFormer-S12"``, ``"CAFormerS18 (in1k)"``).
+        suffix: the converted file's suffix: ``".weights.h5"`` (PoolFormer v1) or
+            ``".npz"`` (an official-layout state dict, the baselines and hybrids).
+        convert: ``convert(source, converted)`` writes the converted file (to a
+            temporary path given as ``converted``), raising on a bad source.
+        sha256: the release file's pinned sha256, where known.
+    """
+
+    stem: str
+    relative: str
+    release_url: str
+    title: str
+    suffix: str
+    convert: object
+    sha256: str | None = None
+
+    @property
+    def source_name(self):
+        return os.path.basename(self.relative)
 
 
-def _converted_path(variant):
-    return os.path.join(cache_dir(), f"poolformer_{variant}.weights.h5")
+def _record_path(release):
+    return os.path.join(cache_dir(), f"{release.stem}.json")
 
 
-def _verified_cache(variant):
+def _converted_path(release):
+    return os.path.join(cache_dir(), release.stem + release.suffix)
+
+
+def _verified_cache(release):
     """The cached converted weights if present and intact, else ``None``.
 
     A converted file whose sha256 differs from its record is removed (with its
     record) and reported: it never loads.
     """
-    converted, record_path = _converted_path(variant), _record_path(variant)
+    converted, record_path = _converted_path(release), _record_path(release)
     if not os.path.isfile(converted):
         return None
     try:
@@ -142,22 +177,27 @@ def _verified_cache(variant):
     )
 
 
-def _fetch_source(variant):
+def _source_url(release):
+    base = os.environ.get(MIRROR_ENV) or release.release_url
+    return base.rstrip("/") + "/" + release.relative
+
+
+def _fetch_source(release):
     """The verified release checkpoint in the cache, downloading it if needed."""
-    source = os.path.join(cache_dir(), FILENAMES[variant])
-    url = source_url(variant)
+    source = os.path.join(cache_dir(), release.source_name)
+    url = _source_url(release)
     if not os.path.isfile(source):
         try:
             _download(url, source)
         except WeightsUnavailableError as error:
             raise WeightsUnavailableError(
-                f"{error}\nThe ImageNet weights of PoolFormer-{variant.upper()} are not "
-                f"cached. Download {RELEASE_URL}{FILENAMES[variant]} yourself and put it "
-                f"at {source}, or set {MIRROR_ENV} to a base URL (http(s):// or file://) "
-                f"that serves {FILENAMES[variant]}."
+                f"{error}\nThe pretrained weights of {release.title} are not cached. "
+                f"Download {release.release_url}{release.relative} yourself and put it at "
+                f"{source}, or set {MIRROR_ENV} to a base URL (http(s):// or file://) that "
+                f"serves {release.relative}."
             ) from None
     digest = files.sha256(source)
-    pinned = SHA256.get(variant)
+    pinned = release.sha256
     if pinned and digest != pinned:
         os.remove(source)
         raise ValueError(
@@ -168,19 +208,19 @@ def _fetch_source(variant):
 
 
 @contextlib.contextmanager
-def _variant_lock(variant):
-    """Holds an exclusive lock on ``variant``'s cache entries, across processes.
+def _variant_lock(release):
+    """Holds an exclusive lock on ``release``'s cache entries, across processes.
 
     The lock file is never removed: removing it would let two processes lock two
     different files of the same name.
     """
     os.makedirs(cache_dir(), exist_ok=True)
-    path = os.path.join(cache_dir(), f".poolformer_{variant}.lock")
+    path = os.path.join(cache_dir(), f".{release.stem}.lock")
     with open(path, "a+b") as handle:
         if not _try_lock(handle):
             print(
-                f"Waiting for another process that is fetching PoolFormer-{variant.upper()}'s "
-                "ImageNet weights...",
+                f"Waiting for another process that is fetching {release.title}'s "
+                "pretrained weights...",
                 file=sys.stderr,
                 flush=True,
             )
@@ -222,19 +262,42 @@ else:
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _remove_leftovers(variant):
-    """Removes temporaries (``files.atomic_path``'s ``.part`` files) of this variant's
+def _remove_leftovers(release):
+    """Removes temporaries (``files.atomic_path``'s ``.part`` files) of this release's
     cache entries that a killed process left behind; called with the lock held, when no
     process can be writing them."""
-    pattern = os.path.join(cache_dir(), f".poolformer_{variant}.*.part*")
-    for path in glob.glob(pattern):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
+    for name in (release.stem, release.source_name):
+        for path in glob.glob(os.path.join(cache_dir(), f".{glob.escape(name)}.*.part*")):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
 
 
 def _first_line(error):
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def _convert_v1(variant):
+    def convert(source, converted):
+        from keras_poolformer.convert import convert_checkpoint
+
+        convert_checkpoint(source, converted, variant=variant)
+
+    return convert
+
+
+def _v1_release(variant):
+    if variant not in FILENAMES:
+        raise ValueError(f"no ImageNet weights for '{variant}'; there are {sorted(FILENAMES)}.")
+    return Release(
+        stem=f"poolformer_{variant}",
+        relative=FILENAMES[variant],
+        release_url=RELEASE_URL,
+        title=f"PoolFormer-{variant.upper()}",
+        suffix=".weights.h5",
+        convert=_convert_v1(variant),
+        sha256=SHA256.get(variant),
+    )
 
 
 def imagenet_weights(variant):
@@ -250,42 +313,131 @@ def imagenet_weights(variant):
             downloaded checkpoint does not read or convert; either way the bad file
             has been removed, and the next call fetches it again.
     """
-    if variant not in FILENAMES:
-        raise ValueError(f"no ImageNet weights for '{variant}'; there are {sorted(FILENAMES)}.")
-    with _variant_lock(variant):
-        _remove_leftovers(variant)
-        cached = _verified_cache(variant)
+    return fetch(_v1_release(variant))
+
+
+def fetch(release):
+    """Path of ``release``'s verified converted file, downloading and converting it on
+    first use (see :func:`imagenet_weights`, which this generalises)."""
+    with _variant_lock(release):
+        _remove_leftovers(release)
+        cached = _verified_cache(release)
         if cached:
             return cached
-        return _fetch_and_convert(variant)
+        return _fetch_and_convert(release)
 
 
-def _fetch_and_convert(variant):
-    """Downloads (if needed), converts and records ``variant``; the lock is held."""
-    source, source_digest, url = _fetch_source(variant)
-    from keras_poolformer.convert import convert_checkpoint
-
-    converted = _converted_path(variant)
+def _fetch_and_convert(release):
+    """Downloads (if needed), converts and records ``release``; the lock is held."""
+    source, source_digest, url = _fetch_source(release)
+    converted = _converted_path(release)
     try:
-        convert_checkpoint(source, converted, variant=variant)
+        with files.atomic_path(converted) as tmp:
+            release.convert(source, tmp)
     except Exception as error:  # any failure to read or convert: never keep the file
         for path in (source, converted):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
         raise ValueError(
-            f"the downloaded '{source}' (from {url}) is not a valid PoolFormer-"
-            f"{variant.upper()} checkpoint and has been removed; the next load downloads it "
-            f"again. {_first_line(error)}"
+            f"the downloaded '{source}' (from {url}) is not a valid {release.title} "
+            f"checkpoint and has been removed; the next load downloads it again. "
+            f"{_first_line(error)}"
         ) from None
     record = {
-        "variant": variant,
+        "model": release.stem,
         "source_url": url,
         "source_sha256": source_digest,
         "converted_sha256": files.sha256(converted),
     }
-    with files.atomic_path(_record_path(variant)) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with files.atomic_path(_record_path(release)) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=2)
     return converted
+
+
+# --- the MetaFormer baselines and the v1 hybrids ---------------------------------------
+#
+# Their release files are official-layout state dicts; the cache keeps them converted to
+# an official-layout ``.npz`` of float32 arrays (read with ``allow_pickle=False``), which
+# every input size, ``include_top`` and ``pooling`` of the model loads from, checked
+# before the model is built.
+
+
+def _write_npz(state, path):
+    with open(path, "wb") as f:
+        np.savez(f, **state)
+
+
+def _convert_baseline(name, checkpoint):
+    def convert(source, converted):
+        from keras_poolformer import registry
+        from keras_poolformer.baselines import layout
+        from keras_poolformer.convert.layouts import baseline_to_official
+        from keras_poolformer.convert.reader import read_checkpoint
+
+        state, _ = baseline_to_official(read_checkpoint(source))
+        spec = registry.get(name)
+        expected = layout.official_shapes(
+            spec.config, checkpoint.classes, image_size=checkpoint.resolution
+        )
+        porting.check_state_dict(state, expected, f"{spec.constructor} ({checkpoint.tag})")
+        _write_npz({k: state[k] for k in expected}, converted)
+
+    return convert
+
+
+def baseline_release(name, tag="in1k"):
+    """The :class:`Release` of the baseline ``name``'s checkpoint ``tag`` (``ValueError``
+    listing the tags it has)."""
+    from keras_poolformer import registry
+    from keras_poolformer.baselines.family import RELEASE_URL as BASELINES_URL
+
+    spec = registry.get(name)
+    checkpoint = spec.checkpoint(tag)
+    if not checkpoint.url.startswith(BASELINES_URL):
+        raise ValueError(f"{name} ({tag}): unexpected release URL {checkpoint.url}")
+    return Release(
+        stem=f"{name}.{tag}",
+        relative=checkpoint.url[len(BASELINES_URL) :],
+        release_url=BASELINES_URL,
+        title=f"{spec.constructor} ({tag})",
+        suffix=".npz",
+        convert=_convert_baseline(name, checkpoint),
+    )
+
+
+def _convert_hybrid(key):
+    def convert(source, converted):
+        from keras_poolformer.convert import hybrids
+        from keras_poolformer.convert.reader import read_checkpoint
+
+        state = read_checkpoint(source)
+        expected = hybrids.official_shapes(key, 1000)
+        porting.check_state_dict(state, expected, hybrids.NAMES[key])
+        _write_npz({k: state[k] for k in expected}, converted)
+
+    return convert
+
+
+def hybrid_release(key):
+    """The :class:`Release` of the v1 hybrid ``key``'s ImageNet checkpoint (``"pppa_s12"``...)."""
+    from keras_poolformer.convert import hybrids
+
+    if key not in hybrids.FILENAMES:
+        raise ValueError(f"no ImageNet weights for '{key}'; there are {sorted(hybrids.FILENAMES)}.")
+    return Release(
+        stem=hybrids.NAMES[key],
+        relative=hybrids.FILENAMES[key],
+        release_url=hybrids.RELEASE_URL,
+        title=hybrids.NAMES[key],
+        suffix=".npz",
+        convert=_convert_hybrid(key),
+    )
+
+
+def read_state(path):
+    """The official-layout state dict in a verified converted ``.npz`` (no pickles)."""
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
 
 
 def clear_cache():

@@ -17,7 +17,8 @@ import os
 
 import keras
 
-from keras_poolformer import weights_file
+from keras_poolformer import porting, pretrained, weights_file
+from keras_poolformer.baselines import layout
 from keras_poolformer.baselines.layers import MIXERS, NORMS, BaselineBlock, MlpHead, make_norm
 from keras_poolformer.layers import ImageNormalization
 from keras_poolformer.models import DEFAULT_SIZE, POOLING_CHOICES, _validate_input_shape
@@ -141,15 +142,9 @@ def MetaFormerBaseline(
             raise ValueError(
                 f"classifier_activation {classifier_activation!r} is not a Keras activation."
             ) from None
-    if weights is not None:
-        if not isinstance(weights, (str, os.PathLike)) or not os.fspath(weights).endswith(
-            weights_file.SUFFIX
-        ):
-            raise ValueError(
-                f"weights must be None or a Keras '{weights_file.SUFFIX}' file, got {weights!r}."
-            )
-        if not os.path.isfile(weights):
-            raise ValueError(f"weights file '{weights}' does not exist.")
+    release = weights if isinstance(weights, pretrained.Release) else None
+    if weights is not None and release is None:
+        _check_weights_argument(weights)
     fixed_size = any(m in FIXED_SIZE_MIXERS for m in mixers)
     if input_tensor is not None and input_shape is None:
         input_shape = tuple(input_tensor.shape[1:])
@@ -161,6 +156,22 @@ def MetaFormerBaseline(
             f"model '{name}' has a random token mixer, whose matrix fixes the number of "
             f"tokens; give input_shape a fixed size, got {input_shape}."
         )
+
+    state = None  # an official-layout state dict, checked before anything is built
+    if release is not None:
+        state = pretrained.read_state(pretrained.fetch(release))
+    elif weights is not None and not os.fspath(weights).endswith(weights_file.SUFFIX):
+        state = _read_checkpoint(weights, name)
+    if state is not None:
+        config = {
+            "depths": depths,
+            "dims": dims,
+            "token_mixers": mixers,
+            "res_scale_init_values": scales,
+            "mlp_ratio": mlp_ratio,
+            "head": head,
+        }
+        _check_state(state, config, include_top, pooling, classes, input_shape, name, weights)
 
     # --- layers and graph --------------------------------------------------------
     if input_tensor is None:
@@ -219,7 +230,81 @@ def MetaFormerBaseline(
         sources = keras.utils.get_source_inputs(input_tensor)
         inputs = sources[0] if len(sources) == 1 else sources
     model = keras.Model(inputs, x, name=name)
-    if weights is not None:
+    if state is not None:
+        layout.load_state_dict(model, state)
+    elif weights is not None:
         weights_file.check_against_model(weights, model)
         weights_file.load(model, weights)
     return model
+
+
+def _check_weights_argument(weights):
+    """A path argument must name an existing file (or Hugging Face folder)."""
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(
+            f"weights must be None or a Keras '{weights_file.SUFFIX}' file or a checkpoint "
+            f"path, got {weights!r}."
+        )
+    path = os.fspath(weights)
+    if not os.path.exists(path):
+        tags = "" if os.sep in path or "." in path else " (checkpoint names such as 'imagenet'"
+        tags += " are taken by the named constructors only)" if tags else ""
+        raise ValueError(
+            f"weights must be None or a Keras '{weights_file.SUFFIX}' file or a checkpoint "
+            f"(.pth, .pth.tar, .bin, .safetensors, .npz, or a Hugging Face folder) that "
+            f"exists; '{path}' does not{tags}."
+        )
+
+
+def _read_checkpoint(path, name):
+    """Reads a checkpoint file in the official or timm baseline layout (torch-free,
+    restricted reader) and returns it in the official layout."""
+    from keras_poolformer.convert.layouts import baseline_to_official, detect_layout
+    from keras_poolformer.convert.reader import CheckpointError, read_checkpoint
+
+    state = read_checkpoint(path)
+    try:
+        return baseline_to_official(state)[0]
+    except CheckpointError:
+        try:
+            other = f"it is a PoolFormer v1 checkpoint ({detect_layout(state)} layout)"
+        except CheckpointError:
+            other = "it is in no known layout"
+        raise ValueError(
+            f"checkpoint '{os.fspath(path)}' does not fit model '{name}': it holds no "
+            f"MetaFormer baseline (official sail-sg/metaformer or timm layout); {other}."
+        ) from None
+
+
+def _check_state(state, config, include_top, pooling, classes, input_shape, name, source):
+    """Raises ``ValueError`` unless ``state`` fits the model about to be built."""
+    from keras_poolformer.convert.layouts import infer_baseline
+
+    try:
+        found = infer_baseline(state, hint=name)
+    except ValueError:
+        found = None
+    size = input_shape[0] if input_shape[0] is not None else DEFAULT_SIZE
+    expected = layout.official_shapes(config, classes if include_top else None, image_size=size)
+    if not include_top and pooling == "avg":
+        last = config["dims"][-1]
+        expected.update({"norm.weight": (last,), "norm.bias": (last,)})
+    if include_top and found and found["classes"] is None:
+        raise ValueError(
+            f"checkpoint {_describe(source)} has no classifier but model '{name}' has one "
+            "(include_top=True); build with include_top=False."
+        )
+    if include_top and found and found["classes"] not in (None, classes):
+        raise ValueError(
+            f"checkpoint {_describe(source)} has a classifier for {found['classes']} classes, "
+            f"model '{name}' one for {classes}; pass classes={found['classes']}, or "
+            "include_top=False to load everything but the classifier."
+        )
+    hint = f"The checkpoint holds {found['name']}." if found else ""
+    porting.check_state_dict(state, expected, f"model '{name}'", hint)
+
+
+def _describe(source):
+    if isinstance(source, pretrained.Release):
+        return source.title
+    return f"'{os.fspath(source)}'"

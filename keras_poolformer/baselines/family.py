@@ -4,8 +4,9 @@ constructors are made and its models registered.
 """
 
 import dataclasses
+import os
 
-from keras_poolformer import registry
+from keras_poolformer import pretrained, registry
 from keras_poolformer.baselines.builder import MetaFormerBaseline
 
 REFERENCE = (
@@ -148,10 +149,18 @@ Reference: {reference}
 
 Args:
     include_top: whether to end with the classifier ({head}).
-    weights: ``None`` (random initialisation) or the path to a Keras
-        ``.weights.h5`` file.
+    weights: ``"imagenet"`` (the default: the official ImageNet-1k checkpoint at 224,
+        downloaded, converted and cached on first use), a checkpoint tag of this
+        model ({tags}; ``"imagenet"`` is ``"in1k"``), ``None`` (random
+        initialisation), the path to a Keras ``.weights.h5`` file, or the path to a
+        checkpoint (``.pth``, ``.pth.tar``, ``.bin``, ``.safetensors``, ``.npz`` or a
+        Hugging Face folder) in the official sail-sg/metaformer or the timm layout,
+        read without unpickling code. Files are checked against the model before
+        anything is loaded. With ``include_top=True``, ``classes`` must be the
+        checkpoint's (21841 for ``in22k``); ``include_top=False`` skips the classifier.
     input_tensor: optional Keras tensor to use as image input.
-    input_shape: ``(height, width, channels)``; {size_note}
+    input_shape: ``(height, width, channels)``; {size_note} A ``*_384`` tag
+        makes ``(384, 384, 3)`` the default.
     pooling: with ``include_top=False``: ``None`` (the last feature map),
         ``"avg"`` (its average, normalised as before the head) or ``"max"``.
     classes: number of classes of the classifier.
@@ -164,12 +173,46 @@ Returns:
     A ``keras.Model``.
 
 Example:
->>> model = keras_poolformer.{constructor}(weights=None)
+>>> model = keras_poolformer.{constructor}()  # ImageNet-1k weights
 >>> model.predict(images)  # (batch, 224, 224, 3) RGB pixels in 0..255
 """
 
 _HEAD_DROPOUT_DOC = """
     head_dropout: dropout rate inside the MLP head (training only)."""
+
+
+def _resolve_weights(spec, weights, include_top, classes, input_shape, input_tensor, **kwargs):
+    """Turns ``weights="imagenet"`` or a checkpoint tag into the release to fetch (the
+    builder fetches it once every argument is checked), checks ``classes`` against it,
+    and defaults ``input_shape`` to its resolution; paths and ``None`` pass through."""
+    if isinstance(weights, str) and not os.path.exists(weights):
+        tag = "in1k" if weights == "imagenet" else weights
+        tags = [c.tag for c in spec.checkpoints]
+        if tag in tags:
+            checkpoint = spec.checkpoint(tag)
+            if include_top and classes != checkpoint.classes:
+                raise ValueError(
+                    f"weights={weights!r} with include_top=True needs classes="
+                    f"{checkpoint.classes} (the checkpoint's classifier), got classes={classes}. "
+                    "Use include_top=False for a new head."
+                )
+            if input_shape is None and input_tensor is None:
+                input_shape = (checkpoint.resolution, checkpoint.resolution, 3)
+            weights = pretrained.baseline_release(spec.name, tag)
+        elif os.sep not in weights and not os.path.splitext(weights)[1]:
+            raise ValueError(
+                f"{spec.constructor} has no checkpoint {weights!r}; weights is None, "
+                f"'imagenet' (= 'in1k'), one of its checkpoint tags ({', '.join(tags)}), or "
+                "the path to a .weights.h5 file or a checkpoint."
+            )
+    return {
+        "weights": weights,
+        "include_top": include_top,
+        "classes": classes,
+        "input_shape": input_shape,
+        "input_tensor": input_tensor,
+        **kwargs,
+    }
 
 
 def _constructor(spec, summary):
@@ -178,13 +221,14 @@ def _constructor(spec, summary):
     mlp_head = config.get("head") == "mlp"
 
     def build(name, head_dropout=0.0, **kwargs):
+        kwargs = _resolve_weights(spec, **kwargs)
         return MetaFormerBaseline(**config, head_dropout=head_dropout, name=name, **kwargs)
 
     if mlp_head:
 
         def constructor(
             include_top=True,
-            weights=None,
+            weights="imagenet",
             input_tensor=None,
             input_shape=None,
             pooling=None,
@@ -213,7 +257,7 @@ def _constructor(spec, summary):
 
         def constructor(
             include_top=True,
-            weights=None,
+            weights="imagenet",
             input_tensor=None,
             input_shape=None,
             pooling=None,
@@ -252,5 +296,6 @@ def _constructor(spec, summary):
         ),
         head_dropout=_HEAD_DROPOUT_DOC if mlp_head else "",
         constructor=spec.constructor,
+        tags=", ".join(f"``{c.tag!r}``" for c in spec.checkpoints),
     )
     return constructor
