@@ -1,8 +1,8 @@
 """The ``keras-poolformer`` command line (also ``python -m keras_poolformer``).
 
-keras-poolformer summary [--variants s12 ...] [--images IMAGE ...]
+keras-poolformer summary [--models NAME ...] [--build] [--images IMAGE ...]
 keras-poolformer predict IMAGE ... [--model s12] [--weights imagenet|PATH] [--run DIR]
-keras-poolformer convert CHECKPOINT --output FILE [--model s12] [--verify [--images ...]]
+keras-poolformer convert CHECKPOINT --output FILE [--model NAME] [--verify [--images ...]]
 keras-poolformer train --config NAME [KEY=VALUE ...] --data SPEC --output DIR [--smoke]
 keras-poolformer evaluate --run DIR | --model NAME --weights PATH --data SPEC
 keras-poolformer configs
@@ -14,41 +14,96 @@ import re
 import sys
 import time
 
-FIELDS = ("variant", "params", "paper params", "MACs", "paper MACs", "MACs vs paper")
+FIELDS = (
+    "model",
+    "family",
+    "params",
+    "paper params",
+    "MACs",
+    "paper MACs",
+    "MACs vs paper",
+    "counted on",
+)
 
 
 def _print_table(rows, header):
     widths = [max(len(str(v)) for v in col) for col in zip(header, *rows, strict=True)]
     for row in (header, *rows):
-        print("  ".join(str(v).rjust(w) for v, w in zip(row, widths, strict=True)), flush=True)
+        cells = [str(v).ljust(w) if i < 2 else str(v).rjust(w) for i, (v, w) in enumerate(
+            zip(row, widths, strict=True))]  # fmt: skip
+        print("  ".join(cells).rstrip(), flush=True)
+
+
+def all_model_names():
+    """Every name ``summary`` and ``export --model`` take: the PoolFormer variants, the
+    MetaFormer hybrids of the first paper, and every registered model (the baselines)."""
+    from keras_poolformer import registry
+    from keras_poolformer.models import HYBRID_CONFIGS, MODEL_CONFIGS
+
+    return [*MODEL_CONFIGS, *HYBRID_CONFIGS, *registry.MODELS]
+
+
+def _model_entry(name):
+    """``(label, family, constructor, published params, published MACs or None,
+    registry spec or None, image size, crop_pct)`` of a name from :func:`all_model_names`."""
+    import keras_poolformer as kp
+    from keras_poolformer import registry
+
+    if name in kp.MODEL_CONFIGS:
+        config = kp.MODEL_CONFIGS[name]
+        return (name.upper(), "poolformer", kp.VARIANTS[name], config["params"],
+                config["macs"], None, 224, config["crop_pct"])  # fmt: skip
+    if name in kp.HYBRID_CONFIGS:
+        config = kp.HYBRID_CONFIGS[name]
+        return (name.upper(), "metaformer", kp.HYBRIDS[name], config["params"],
+                config.get("macs"), None, 224, config["crop_pct"])  # fmt: skip
+    spec = registry.get(name)
+    first = spec.checkpoints[0] if spec.checkpoints else None
+    return (name, spec.family, getattr(kp, spec.constructor), spec.params, spec.macs, spec,
+            first.resolution if first else 224, first.crop_pct if first else 1.0)  # fmt: skip
 
 
 def summary(args):
-    """Builds each variant, counts it, and runs the given images through it."""
+    """Counts each model's parameters and MACs beside the published figures, and runs
+    the given images through it. The PoolFormer variants and hybrids are built and
+    their graphs counted; the baselines are counted from their configurations
+    (:func:`~keras_poolformer.analysis.baseline_params`, ``baseline_macs``) unless
+    ``--build`` (or ``--images``) asks for the built models."""
     import numpy as np
 
     import keras_poolformer as kp
+    from keras_poolformer import analysis
 
     images = None
     _check_images(args.images)
+    names = list(dict.fromkeys([*(args.variants or ()), *(args.models or ())]))
+    names = names or all_model_names()
     if args.images:
         images = np.stack([kp.load_image(path) for path in args.images])
         print(f"{len(images)} image(s) loaded and transformed to 224x224.")
     header = list(FIELDS) + ([f"ms/image (batch {len(images)})"] if images is not None else [])
     rows = []
-    for key in args.variants:
-        config = kp.MODEL_CONFIGS[key]
-        print(f"building PoolFormer-{key.upper()} ...", flush=True)
-        model = kp.VARIANTS[key](weights=None)
-        params = model.count_params()
-        macs = kp.count_macs(model)
+    for name in names:
+        label, family, constructor, paper_params, paper_macs, spec, _, _ = _model_entry(name)
+        model = None
+        if spec is None or args.build or images is not None:
+            print(f"building {label} ...", flush=True)
+            model = constructor(weights=None)
+            params, macs = model.count_params(), kp.count_macs(model)
+        else:
+            params, macs = (
+                analysis.baseline_params(spec.config),
+                analysis.baseline_macs(spec.config),
+            )
         row = [
-            key.upper(),
+            label,
+            family,
             f"{params:,}",
-            f"{config['params']:,}",
+            f"{paper_params:,}",
             f"{macs / 1e9:.3f}G",
-            f"{config['macs'] / 1e9:.1f}G",
-            f"{100 * (macs / config['macs'] - 1):+.1f}%",
+            f"{paper_macs / 1e9:.1f}G" if paper_macs else "-",
+            f"{100 * (macs / paper_macs - 1):+.1f}%" if paper_macs else "-",
+            "model" if model is not None else "config",
         ]
         if images is not None:
             model.predict_on_batch(images)  # trace once, outside the timing
@@ -56,11 +111,15 @@ def summary(args):
             probs = model.predict_on_batch(images)
             elapsed = time.perf_counter() - start
             if probs.shape != (len(images), 1000) or not np.all(np.isfinite(probs)):
-                raise RuntimeError(f"PoolFormer-{key.upper()} gave bad outputs {probs.shape}")
+                raise RuntimeError(f"{label} gave bad outputs {probs.shape}")
             row.append(f"{1000 * elapsed / len(images):.0f}")
         rows.append(row)
     print()
     _print_table(rows, header)
+    print(
+        "\n'paper params': the published count (for the baselines the registry's, equal to "
+        "timm's); 'counted on': the built model's graph, or the architecture's config."
+    )
     if images is not None:
         print("\n(The models above have random weights: this shows they run, not what they see.)")
     return 0
@@ -89,8 +148,18 @@ def _classifier(args):
 
         config, names, model, _ = trainer.load_run(args.run)
         return model, names, config.image_size, config.crop_pct
-    model = kp.VARIANTS[args.model](weights=args.weights, classifier_activation=None)
-    return model, None, 224, kp.MODEL_CONFIGS[args.model]["crop_pct"]
+    weights = None if str(args.weights).lower() == "none" else args.weights
+    if args.model in kp.VARIANTS:
+        model = kp.VARIANTS[args.model](weights=weights, classifier_activation=None)
+        return model, None, 224, kp.MODEL_CONFIGS[args.model]["crop_pct"]
+    label, _, constructor, _, _, spec, size, crop_pct = _model_entry(args.model)
+    if spec is not None and weights is not None and not str(weights).endswith(".weights.h5"):
+        raise ValueError(
+            f"{label} takes --weights none or a Keras .weights.h5 file (no released "
+            f"weights of it are converted here yet), got {weights!r}."
+        )
+    model = constructor(weights=weights, classifier_activation=None)
+    return model, None, size, crop_pct
 
 
 def _softmax(logits):
@@ -136,6 +205,16 @@ def convert(args):
     )
     if not args.verify:
         return 0
+    if arch.get("kind") in ("baseline", "hybrid"):
+        # transformers has PoolFormer v1 only, and timm (the baselines' reference) is a
+        # test dependency: these conversions are checked by the test suite instead.
+        print(
+            f"keras-poolformer: error: --verify compares with transformers' PoolFormer v1 and "
+            f"cannot check {describe(arch)} (the conversion above was written; the test suite "
+            "checks the baselines and hybrids against PyTorch references)",
+            file=sys.stderr,
+        )
+        return 2
 
     from keras_poolformer.convert.verify import TOLERANCE, compare
 
@@ -364,11 +443,20 @@ def build_parser():
     parser = _Parser(prog="keras-poolformer", description="PoolFormer (MetaFormer) in Keras 3.")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    names = all_model_names()
     p = commands.add_parser(
         "summary",
-        help="build each variant; print its parameters and MACs beside the paper's",
+        help="every model's parameters and MACs beside the published figures",
     )
-    p.add_argument("--variants", nargs="+", choices=variants, default=variants)
+    p.add_argument(
+        "--models", nargs="+", choices=names, metavar="NAME", help="these models (default: all)"
+    )
+    p.add_argument("--variants", nargs="+", choices=variants, help="these PoolFormer variants")
+    p.add_argument(
+        "--build",
+        action="store_true",
+        help="build the baselines too and count their graphs (slower: seconds a model)",
+    )
     p.add_argument("--images", nargs="+", metavar="IMAGE", help="also run these images")
     p.set_defaults(handler=summary)
 
@@ -390,11 +478,21 @@ def build_parser():
     )
     p.add_argument("checkpoint", help=".pth/.pth.tar/.bin/.safetensors/.npz or a HF model folder")
     p.add_argument("--output", required=True, help="a .weights.h5 or .keras file")
-    p.add_argument("--model", choices=variants, help="expected variant (inferred otherwise)")
+    from keras_poolformer.convert import model_names
+
+    p.add_argument(
+        "--model",
+        choices=model_names(),
+        metavar="MODEL",
+        help="expected model: a PoolFormer variant (s12...), a v1 hybrid (metaformer_pppa_s12...) "
+        "or a baseline (caformer_s18...); inferred otherwise, but needed to tell "
+        "identityformer from poolformerv2 when the file name does not",
+    )
     p.add_argument(
         "--verify",
         action="store_true",
-        help="compare with transformers' PyTorch PoolFormer (needs the [test] extra)",
+        help="compare with transformers' PyTorch PoolFormer (needs the [test] extra; "
+        "PoolFormer v1 only)",
     )
     p.add_argument("--images", nargs="+", metavar="IMAGE", help="images for --verify")
     p.set_defaults(handler=convert)
@@ -413,9 +511,12 @@ def build_parser():
     p.set_defaults(handler=train)
 
     p = commands.add_parser("export", help="SavedModel for TF Serving, TFLite and ONNX, checked")
-    p.add_argument("--model", choices=variants, default="s12")
+    p.add_argument("--model", choices=names, metavar="NAME", default="s12", help="any model name")
     p.add_argument(
-        "--weights", default="imagenet", help="'imagenet', a .weights.h5 or a checkpoint"
+        "--weights",
+        default="imagenet",
+        help="'imagenet', 'none' (random), a .weights.h5 or a checkpoint (baselines: "
+        "'none' or a .weights.h5)",
     )
     p.add_argument("--run", help="export a training output folder's model instead")
     p.add_argument("--saved-model", required=True, help="base folder; writes DIR/<version>/")
