@@ -2,7 +2,7 @@
 
 MACs are read off the TensorFlow graph the model traces to, not worked out from
 the architecture, so the count checks the model that actually runs: every
-``Conv2D``, depthwise conv and matrix product in it, at a batch of one. Like
+``Conv2D``, depthwise conv, matrix product and einsum in it, at a batch of one. Like
 fvcore (which the paper's figures come from) it counts the multiply-accumulates of
 these ops and leaves out element-wise work (norms, pooling, activations), which is
 well under 1% of a PoolFormer's total.
@@ -50,4 +50,63 @@ def count_macs(model, image_size=None):
             transpose_a = op.get_attr("transpose_a" if op.type == "MatMul" else "adj_x")
             inner = a[-2] if transpose_a else a[-1]
             total += math.prod(op.outputs[0].shape.as_list()) * inner
+        elif op.type == "Einsum":
+            total += _einsum_macs(op)
+    return total
+
+
+def _einsum_macs(op):
+    """An ``Einsum``'s multiply-accumulates: its outputs times the sizes of the indices
+    summed over (RandFormer's ``mn,bnc->bmc`` token mixing)."""
+    equation = op.get_attr("equation").decode().replace(" ", "")
+    inputs, output = equation.split("->")
+    sizes = {}
+    for letters, tensor in zip(inputs.split(","), op.inputs, strict=True):
+        for letter, size in zip(letters, tensor.shape.as_list(), strict=False):
+            sizes[letter] = size
+    summed = [sizes[letter] for letter in sizes if letter not in output]
+    return math.prod(op.outputs[0].shape.as_list()) * math.prod(summed)
+
+
+def baseline_params(config, classes=1000):
+    """Parameters of the MetaFormer baseline ``config`` describes (a
+    :class:`~keras_poolformer.registry.ModelSpec`'s ``config``), without building it:
+    the sizes of its official-layout tensors (RandFormer's frozen matrices at 224
+    included, as Keras' ``count_params`` and timm count them)."""
+    from keras_poolformer.baselines.layout import official_shapes
+
+    return sum(math.prod(shape) for shape in official_shapes(config, classes).values())
+
+
+def baseline_macs(config, image_size=224, classes=1000):
+    """Multiply-accumulates of the MetaFormer baseline ``config`` describes, on one
+    ``image_size`` square image, worked out from the architecture: what
+    :func:`count_macs` reads off the built model's graph (convolutions and matrix
+    products: the stem, the downsamplings, SepConv's three maps, attention's
+    projections and its two token-by-token products, the random mixers' token
+    matrices, the MLPs and the head), without building it."""
+    depths, dims = config["depths"], config["dims"]
+    mixers = config["token_mixers"]
+    mixers = [mixers] * 4 if isinstance(mixers, str) else list(mixers)
+    ratio = config.get("mlp_ratio", 4.0)
+    side = (image_size + 2 * 2 - 7) // 4 + 1  # the 7x7 stride-4 stem, padding 2
+    total = side * side * dims[0] * 7 * 7 * 3
+    for s, (depth, dim, mixer) in enumerate(zip(depths, dims, mixers, strict=True)):
+        if s > 0:
+            side = (side + 2 - 3) // 2 + 1  # 3x3 stride 2, padding 1
+            total += side * side * dim * 9 * dims[s - 1]
+        tokens = side * side
+        per_block = 2 * tokens * dim * int(ratio * dim)  # the MLP
+        if mixer == "sepconv":
+            per_block += tokens * (2 * dim * dim + 2 * dim * 7 * 7 + 2 * dim * dim)
+        elif mixer == "attention":
+            per_block += tokens * 4 * dim * dim + 2 * tokens * tokens * dim
+        elif mixer == "random":
+            per_block += tokens * tokens * dim
+        total += depth * per_block
+    last = dims[-1]
+    if config.get("head") == "mlp":
+        total += last * 4 * last + 4 * last * classes
+    else:
+        total += last * classes
     return total

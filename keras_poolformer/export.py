@@ -48,10 +48,34 @@ def fold(model):
 
     The folded blocks have no norm affines and no second LayerScale: three
     element-wise multiplications and two additions fewer per block.
+
+    A MetaFormer baseline (PoolFormerV2 ... CAFormer) folds as well, each step exact
+    algebra (float32 rounding aside):
+
+    - norm1's weight goes into SepConv's ``pwconv1`` or attention's ``qkv`` (other
+      mixers keep it), norm2's into ``fc1``;
+    - the MLP's StarReLU ``s * relu(x) ** 2 + b`` goes into ``fc2``: kernel times
+      ``s``, and ``b`` times the kernel's column sums as a new bias;
+    - SepConv's StarReLU scale goes into the depthwise kernel (its bias, divided by
+      the scale, stays an addition before it: a bias through a zero-padded depthwise
+      conv is not a per-channel bias at the borders);
+    - attention's ``qkv`` becomes three projections, the query's ``head_dim ** -0.5``
+      in its kernel (no slicing of one ``qkv`` tensor);
+    - each downsampling norm's weight goes into the conv after it, the final norm's
+      weight and bias into the head's first linear map;
+    - every channel LayerNorm is written as ``c = x - mean(x)``,
+      ``c * rsqrt(mean(c * c) + eps)``, which int8 TFLite keeps in XNNPACK
+      (Keras' own form gives SQUARED_DIFFERENCE and a float NEG).
+
+    The folded copy is for inference only (no drop path, no official-layout export).
     """
     import keras
 
+    from keras_poolformer.baselines.layout import is_baseline
     from keras_poolformer.layers import PoolFormerBlock
+
+    if is_baseline(model):
+        return _fold_baseline(model)
 
     config = model.get_config()
     for layer_config in config["layers"]:
@@ -94,7 +118,7 @@ def _image_size(model):
 
 
 def _names(model, class_names):
-    classes = model.get_layer("head").units
+    classes = int(model.get_layer("head").output.shape[-1])  # a Dense or an MlpHead
     if class_names is None:
         if classes != 1000:
             raise ValueError(f"pass class_names for a model with {classes} classes.")
@@ -359,3 +383,324 @@ def run_onnx(path, images):
     session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return session.run(None, {name: np.asarray(images, np.float32)})[0]
+
+
+# --- Folding the MetaFormer baselines ---------------------------------------------------
+
+_DEPLOY_LAYERS = {}
+
+
+def _deploy_layers():
+    """The inference-only layers of a folded baseline (defined on first use, so that
+    importing this module does not import Keras)."""
+    if _DEPLOY_LAYERS:
+        return _DEPLOY_LAYERS
+    import keras
+    from keras import ops
+
+    from keras_poolformer.baselines.layers import NORM_EPSILON, make_mixer
+    from keras_poolformer.layers import LayerScale, ModifiedLayerNorm
+
+    package = "keras_poolformer_deploy"
+
+    @keras.saving.register_keras_serializable(package=package)
+    class ChannelNorm(keras.layers.Layer):
+        """LayerNorm over the channels, written as int8 TFLite keeps inside XNNPACK:
+        ``c = x - mean(x)``, ``c * rsqrt(mean(c * c) + eps)`` (no SQUARED_DIFFERENCE,
+        no NEG), then the optional per-channel weight and bias."""
+
+        def __init__(self, epsilon=NORM_EPSILON, scale=True, center=False, **kwargs):
+            super().__init__(**kwargs)
+            self.epsilon, self.scale, self.center = float(epsilon), bool(scale), bool(center)
+
+        def build(self, input_shape):
+            shape = (input_shape[-1],)
+            if self.scale:
+                self.gamma = self.add_weight(name="gamma", shape=shape, initializer="ones")
+            if self.center:
+                self.beta = self.add_weight(name="beta", shape=shape, initializer="zeros")
+
+        def call(self, inputs):
+            centred = inputs - ops.mean(inputs, axis=-1, keepdims=True)
+            variance = ops.mean(centred * centred, axis=-1, keepdims=True)
+            x = centred * ops.rsqrt(variance + self.epsilon)
+            if self.scale:
+                x = x * self.gamma
+            if self.center:
+                x = x + self.beta
+            return x
+
+        def get_config(self):
+            return {
+                **super().get_config(),
+                "epsilon": self.epsilon,
+                "scale": self.scale,
+                "center": self.center,
+            }
+
+    @keras.saving.register_keras_serializable(package=package)
+    class FoldedSepConv(keras.layers.Layer):
+        """SepConv with StarReLU's scale inside the depthwise kernel:
+        ``pwconv2(dwconv'(relu(pwconv1(x)) ** 2 + bias / scale))``."""
+
+        def __init__(self, dim, hidden, kernel_size=7, **kwargs):
+            super().__init__(**kwargs)
+            self.dim, self.hidden, self.kernel_size = int(dim), int(hidden), int(kernel_size)
+            self.pwconv1 = keras.layers.Dense(self.hidden, use_bias=False, name="pwconv1")
+            self.dwconv = keras.layers.DepthwiseConv2D(
+                self.kernel_size, padding="same", use_bias=False, name="dwconv"
+            )
+            self.pwconv2 = keras.layers.Dense(self.dim, use_bias=False, name="pwconv2")
+
+        def build(self, input_shape):
+            hidden_shape = (*input_shape[:-1], self.hidden)
+            self.pwconv1.build(input_shape)
+            self.act_bias = self.add_weight(name="act_bias", shape=(1,), initializer="zeros")
+            self.dwconv.build(hidden_shape)
+            self.pwconv2.build(hidden_shape)
+
+        def call(self, inputs):
+            x = ops.relu(self.pwconv1(inputs))
+            return self.pwconv2(self.dwconv(x * x + self.act_bias))
+
+        def get_config(self):
+            return {
+                **super().get_config(),
+                "dim": self.dim,
+                "hidden": self.hidden,
+                "kernel_size": self.kernel_size,
+            }
+
+    @keras.saving.register_keras_serializable(package=package)
+    class SplitAttention(keras.layers.Layer):
+        """The baselines' attention with ``qkv`` split into three projections (the
+        query's ``head_dim ** -0.5`` inside its kernel): no strided slices, which
+        leave XNNPACK even in float32."""
+
+        def __init__(self, dim, head_dim=32, **kwargs):
+            super().__init__(**kwargs)
+            self.dim, self.head_dim = int(dim), int(head_dim)
+            self.heads = self.dim // self.head_dim
+            for name in ("q", "k", "v", "proj"):
+                setattr(self, name, keras.layers.Dense(self.dim, use_bias=False, name=name))
+
+        def build(self, input_shape):
+            for layer in (self.q, self.k, self.v, self.proj):
+                layer.build((None, None, self.dim))
+
+        def call(self, inputs):
+            shape = ops.shape(inputs)
+            x = ops.reshape(inputs, (shape[0], -1, shape[3]))
+
+            def heads(layer):
+                y = ops.reshape(layer(x), (shape[0], -1, self.heads, self.head_dim))
+                return ops.transpose(y, (0, 2, 1, 3))
+
+            q, k, v = heads(self.q), heads(self.k), heads(self.v)
+            scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))
+            y = ops.transpose(ops.matmul(ops.softmax(scores, axis=-1), v), (0, 2, 1, 3))
+            y = self.proj(ops.reshape(y, (shape[0], -1, self.dim)))
+            return ops.reshape(y, shape)
+
+        def get_config(self):
+            return {**super().get_config(), "dim": self.dim, "head_dim": self.head_dim}
+
+    @keras.saving.register_keras_serializable(package=package)
+    class FoldedBaselineBlock(keras.layers.Layer):
+        """A :class:`~keras_poolformer.baselines.layers.BaselineBlock` for inference,
+        with norm1's weight in the mixer's first projection (SepConv, attention),
+        norm2's in ``fc1``, the MLP's StarReLU in ``fc2`` (scale in the kernel, bias
+        as ``fc2``'s bias) and SepConv's StarReLU scale in its depthwise kernel."""
+
+        def __init__(
+            self, dim, token_mixer, norm, mlp_ratio=4.0, res_scale=False, seed=0, **kwargs
+        ):
+            super().__init__(**kwargs)
+            self.dim, self.token_mixer_kind, self.norm_kind = int(dim), token_mixer, norm
+            self.mlp_ratio, self.res_scale, self.seed = float(mlp_ratio), bool(res_scale), seed
+            foldable = token_mixer in ("sepconv", "attention")
+            self.norm1 = self._norm("norm1", scale=not foldable)
+            if token_mixer == "sepconv":
+                self.token_mixer = FoldedSepConv(dim, 2 * dim, name="token_mixer")
+            elif token_mixer == "attention":
+                self.token_mixer = SplitAttention(dim, name="token_mixer")
+            else:
+                self.token_mixer = make_mixer(token_mixer, "token_mixer", seed=seed)
+            self.norm2 = self._norm("norm2", scale=False)
+            hidden = int(self.mlp_ratio * dim)
+            self.fc1 = keras.layers.Dense(hidden, use_bias=False, name="fc1")
+            self.fc2 = keras.layers.Dense(dim, name="fc2")
+            self.res_scale_1 = LayerScale(name="res_scale_1") if res_scale else None
+            self.res_scale_2 = LayerScale(name="res_scale_2") if res_scale else None
+
+        def _norm(self, name, scale):
+            if self.norm_kind == "channel":
+                return ChannelNorm(scale=scale, name=name)
+            return ModifiedLayerNorm(epsilon=NORM_EPSILON, center=False, scale=scale, name=name)
+
+        def build(self, input_shape):
+            hidden = (*input_shape[:-1], int(self.mlp_ratio * self.dim))
+            for layer in (self.norm1, self.token_mixer, self.norm2, self.fc1):
+                layer.build(input_shape)
+            self.fc2.build(hidden)
+            if self.res_scale:
+                self.res_scale_1.build(input_shape)
+                self.res_scale_2.build(input_shape)
+
+        def call(self, inputs):
+            x = inputs
+            mixed = self.token_mixer(self.norm1(x))
+            x = (x if self.res_scale_1 is None else self.res_scale_1(x)) + mixed
+            h = ops.relu(self.fc1(self.norm2(x)))
+            branch = self.fc2(h * h)
+            return (x if self.res_scale_2 is None else self.res_scale_2(x)) + branch
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return {
+                **super().get_config(),
+                "dim": self.dim,
+                "token_mixer": self.token_mixer_kind,
+                "norm": self.norm_kind,
+                "mlp_ratio": self.mlp_ratio,
+                "res_scale": self.res_scale,
+                "seed": self.seed,
+            }
+
+    _DEPLOY_LAYERS.update(
+        ChannelNorm=ChannelNorm,
+        FoldedSepConv=FoldedSepConv,
+        SplitAttention=SplitAttention,
+        FoldedBaselineBlock=FoldedBaselineBlock,
+    )
+    return _DEPLOY_LAYERS
+
+
+def _fold_baseline(model):
+    """:func:`fold` for a MetaFormer baseline (see there)."""
+    import keras
+
+    from keras_poolformer.baselines.layers import BaselineBlock, MlpHead
+
+    deploy = _deploy_layers()
+    channel_norms = {"stem_norm", "norm"} | {f"downsample{s}_norm" for s in (1, 2, 3)}
+    has_head = "head" in {layer.name for layer in model.layers}
+
+    def clone(layer):
+        if isinstance(layer, BaselineBlock):
+            return deploy["FoldedBaselineBlock"](
+                layer.dim,
+                layer.token_mixer_kind,
+                layer.norm_kind,
+                layer.mlp_ratio,
+                layer.res_scale_1 is not None,
+                layer.seed,
+                name=layer.name,
+            )
+        if layer.name in channel_norms and isinstance(layer, keras.layers.LayerNormalization):
+            # A downsampling norm's weight goes into the next conv; the final norm's
+            # affine into the head's first linear map (when there is a head).
+            keep = layer.name == "stem_norm" or (layer.name == "norm" and not has_head)
+            return deploy["ChannelNorm"](
+                layer.epsilon,
+                scale=keep,
+                center=keep and layer.center,
+                name=layer.name,
+            )
+        return layer.__class__.from_config(layer.get_config())
+
+    folded = keras.models.clone_model(model, clone_function=clone)
+    for new in folded.layers:
+        old = model.get_layer(new.name)
+        if isinstance(old, BaselineBlock):
+            _fold_block(old, new)
+        elif isinstance(new, deploy["ChannelNorm"]):
+            if new.scale:
+                new.gamma.assign(old.gamma)
+            if new.center:
+                new.beta.assign(old.beta)
+        elif new.name.startswith("downsample") and isinstance(new, keras.layers.Conv2D):
+            gamma = model.get_layer(f"{new.name}_norm").gamma.numpy()
+            new.kernel.assign(old.kernel.numpy() * gamma[None, None, :, None])
+            new.bias.assign(old.bias)
+        elif new.name == "head":
+            new.set_weights(old.get_weights())
+            norm = model.get_layer("norm")
+            dense = new.fc1 if isinstance(new, MlpHead) else new
+            kernel, bias = dense.kernel.numpy(), dense.bias.numpy()
+            gamma = norm.gamma.numpy()
+            beta = norm.beta.numpy() if norm.center else np.zeros_like(gamma)
+            dense.kernel.assign(gamma[:, None] * kernel)
+            dense.bias.assign(bias + beta @ kernel)
+        else:
+            new.set_weights(old.get_weights())
+    return folded
+
+
+def _fold_block(old, new):
+    g1 = old.norm1.gamma.numpy()
+    g2 = old.norm2.gamma.numpy()
+    mixer, kind = old.token_mixer, old.token_mixer_kind
+    if kind == "sepconv":
+        scale, bias = float(mixer.act.scale.numpy()[0]), float(mixer.act.bias.numpy()[0])
+        if scale == 0.0:
+            raise ValueError(f"{old.name}: SepConv's StarReLU scale is 0; it cannot be folded.")
+        new.token_mixer.pwconv1.kernel.assign(g1[:, None] * mixer.pwconv1.kernel.numpy())
+        new.token_mixer.act_bias.assign([bias / scale])
+        new.token_mixer.dwconv.kernel.assign(scale * mixer.dwconv.kernel.numpy())
+        new.token_mixer.pwconv2.kernel.assign(mixer.pwconv2.kernel)
+    elif kind == "attention":
+        dim, kernel = old.dim, g1[:, None] * mixer.qkv.kernel.numpy()
+        new.token_mixer.q.kernel.assign(kernel[:, :dim] * mixer.head_dim**-0.5)
+        new.token_mixer.k.kernel.assign(kernel[:, dim : 2 * dim])
+        new.token_mixer.v.kernel.assign(kernel[:, 2 * dim :])
+        new.token_mixer.proj.kernel.assign(mixer.proj.kernel)
+    else:
+        new.norm1.gamma.assign(g1)
+        new.token_mixer.set_weights(mixer.get_weights())
+    new.fc1.kernel.assign(g2[:, None] * old.mlp.fc1.kernel.numpy())
+    scale, bias = old.mlp.act.scale.numpy()[0], old.mlp.act.bias.numpy()[0]
+    kernel = old.mlp.fc2.kernel.numpy()
+    new.fc2.kernel.assign(scale * kernel)
+    new.fc2.bias.assign(bias * kernel.sum(axis=0))
+    if old.res_scale_1 is not None:
+        new.res_scale_1.scale.assign(old.res_scale_1.scale)
+        new.res_scale_2.scale.assign(old.res_scale_2.scale)
+
+
+def ops_outside_xnnpack(path):
+    """``{op name: count}`` of the ops of a TFLite file that the LiteRT interpreter
+    runs outside its default XNNPACK delegate (each one a hand-off out of the
+    delegate and back, on TFLite's own single-threaded kernels).
+
+    Read off the delegated graph: an op whose outputs leave a delegate partition was
+    delegated; one whose outputs feed a partition, the graph's outputs or another
+    op outside, was not."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=os.fspath(path))
+    interpreter.allocate_tensors()
+    ops = interpreter._get_ops_details()
+    delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
+    delegated_outputs = {t for op in delegates for t in op["outputs"]}
+    needed = {t for op in delegates for t in op["inputs"]}
+    needed |= {t["index"] for t in interpreter.get_output_details()}
+    if not delegates:  # nothing delegated: every op is outside
+        return _count(op["op_name"] for op in ops)
+    outside = []
+    for op in reversed([op for op in ops if op["op_name"] != "DELEGATE"]):
+        outputs = set(op["outputs"])
+        if outputs & delegated_outputs or not outputs & needed:
+            continue
+        outside.append(op["op_name"])
+        needed |= {t for t in op["inputs"] if t >= 0}
+    return _count(outside)
+
+
+def _count(names):
+    counts = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
