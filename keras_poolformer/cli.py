@@ -152,14 +152,13 @@ def _classifier(args):
     if args.model in kp.VARIANTS:
         model = kp.VARIANTS[args.model](weights=weights, classifier_activation=None)
         return model, None, 224, kp.MODEL_CONFIGS[args.model]["crop_pct"]
-    label, _, constructor, _, _, spec, size, crop_pct = _model_entry(args.model)
-    if spec is not None and weights is not None and not str(weights).endswith(".weights.h5"):
-        raise ValueError(
-            f"{label} takes --weights none or a Keras .weights.h5 file (no released "
-            f"weights of it are converted here yet), got {weights!r}."
-        )
+    _, _, constructor, _, _, spec, size, crop_pct = _model_entry(args.model)
     model = constructor(weights=weights, classifier_activation=None)
-    return model, None, size, crop_pct
+    if spec is not None and weights is not None and not os.path.exists(weights):
+        # a checkpoint tag: its own evaluation crop (every baseline release: 1.0)
+        checkpoint = spec.checkpoint("in1k" if weights == "imagenet" else weights)
+        crop_pct = checkpoint.crop_pct
+    return model, None, model.input_shape[1] or size, crop_pct
 
 
 def _softmax(logits):
@@ -515,8 +514,8 @@ def build_parser():
     p.add_argument(
         "--weights",
         default="imagenet",
-        help="'imagenet', 'none' (random), a .weights.h5 or a checkpoint (baselines: "
-        "'none' or a .weights.h5)",
+        help="'imagenet', a checkpoint tag of a baseline (in1k_384, ...), 'none' (random), "
+        "a .weights.h5 or a checkpoint",
     )
     p.add_argument("--run", help="export a training output folder's model instead")
     p.add_argument("--saved-model", required=True, help="base folder; writes DIR/<version>/")

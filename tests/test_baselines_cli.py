@@ -68,7 +68,7 @@ def test_export_accepts_every_registered_name(tmp_path):
 
 def test_export_a_baseline_by_name(tmp_path, capsys):
     """A random-weight PoolFormerV2-S12 (folded, as by default) serves what the Keras
-    model computes; a baseline refuses weights it cannot load in one line. (CAFormer and
+    model computes; an unknown checkpoint tag is refused in one line. (CAFormer and
     ConvFormer exports are checked in test_baselines_export.py.)"""
     weights = tmp_path / "poolformerv2_s12.weights.h5"
     model = kp.PoolFormerV2S12(weights=None, classifier_activation=None)
@@ -80,5 +80,6 @@ def test_export_a_baseline_by_name(tmp_path, capsys):
     images = np.random.default_rng(0).uniform(0, 255, (2, 224, 224, 3)).astype(np.float32)
     logits = served(images=tf.constant(images))["logits"].numpy()
     assert np.abs(logits - model(images).numpy()).max() <= 1e-4
-    assert cli.main(["export", "--model", "caformer_s18", "--saved-model", str(tmp_path)]) == 2
-    assert "caformer_s18 takes --weights none or a Keras .weights.h5" in capsys.readouterr().err
+    args = ["export", "--model", "caformer_s18", "--weights", "in2k", "--saved-model", "x"]
+    assert cli.main(args) == 2
+    assert "CAFormerS18 has no checkpoint 'in2k'" in capsys.readouterr().err
