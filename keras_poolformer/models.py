@@ -268,8 +268,9 @@ def MetaFormer(
         include_top, input_tensor, pooling, classes, classifier_activation,
             include_preprocessing, drop_path_rate, name: as for :func:`PoolFormer`.
         weights: ``None`` or a Keras ``.weights.h5`` file (checked against the
-            model before loading); a PoolFormer configuration also takes
-            ``"imagenet"`` and PyTorch checkpoints (see :func:`PoolFormer`).
+            model before loading); a PoolFormer configuration and the configurations
+            of the official hybrids (:data:`HYBRIDS`) also take ``"imagenet"`` and
+            PyTorch checkpoints in their official layout, checked before building.
         input_shape: ``(height, width, channels)``; defaults to ``(224, 224, 3)``
             with the top or a fixed-size mixer, else ``(None, None, 3)``.
 

@@ -21,7 +21,24 @@ processes may load the same variant for the first time at once: a per-variant fi
 then read the verified result.
 
 ``KERAS_POOLFORMER_MIRROR`` (an ``http(s)://`` or ``file://`` base URL) replaces
-the release location, for mirrors and air-gapped sites.
+the release location, for mirrors and air-gapped sites; a mirror serves each file
+under the same relative path as its release.
+
+The MetaFormer baselines (``weights="imagenet"`` or a tag such as
+``"in22k_ft_in1k_384"``; :func:`baseline_release`) and the v1 hybrids
+(:func:`hybrid_release`) go the same way, through :func:`fetch`. Their release files
+are official-layout state dicts, and the cache keeps them as official-layout ``.npz``
+files (read with ``allow_pickle=False``) that every ``include_top``, ``pooling`` and
+input size of the model loads from, checked before the model is built::
+
+    <cache>/caformer_s18_384.pth                the download (<family>/<file> on the
+                                                release, https://huggingface.co/sail/dl/
+                                                resolve/main/, and on a mirror)
+    <cache>/caformer_s18.in1k_384.npz           the converted state dict
+    <cache>/caformer_s18.in1k_384.json          its sha256 record
+    <cache>/.caformer_s18.in1k_384.lock         the per-checkpoint lock
+    <cache>/metaformer_pppa_s12_224.pth.tar     a hybrid's download (the v1 release)
+    <cache>/metaformer_pppa_s12.npz, .json      its converted state dict and record
 """
 
 import contextlib

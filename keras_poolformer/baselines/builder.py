@@ -101,8 +101,14 @@ def MetaFormerBaseline(
             decides the output: ``None``, the last feature map (stride 32);
             ``"avg"``, its average, normalised as before the head (the original's
             features); ``"max"``, its maximum.
-        weights: ``None`` or the path to a Keras ``.weights.h5`` file, checked
-            against the model before it is loaded.
+        weights: ``None``, the path to a Keras ``.weights.h5`` file (checked against
+            the built model before it is loaded), or the path to a checkpoint
+            (``.pth``, ``.pth.tar``, ``.bin``, ``.safetensors``, ``.npz``, Hugging Face
+            folder) in the official sail-sg/metaformer or the timm layout, read by the
+            torch-free restricted reader and checked against the architecture before
+            the model is built (``classes`` must be the checkpoint's with the top).
+            ``"imagenet"`` and checkpoint tags are for the named constructors
+            (``CAFormerS18`` ...), which know the release files.
         input_tensor, input_shape, classes, classifier_activation,
             include_preprocessing, name: as for :func:`keras_poolformer.PoolFormer`.
         drop_path_rate: stochastic-depth rate of the last block, growing linearly
@@ -247,12 +253,11 @@ def _check_weights_argument(weights):
         )
     path = os.fspath(weights)
     if not os.path.exists(path):
-        tags = "" if os.sep in path or "." in path else " (checkpoint names such as 'imagenet'"
-        tags += " are taken by the named constructors only)" if tags else ""
         raise ValueError(
             f"weights must be None or a Keras '{weights_file.SUFFIX}' file or a checkpoint "
             f"(.pth, .pth.tar, .bin, .safetensors, .npz, or a Hugging Face folder) that "
-            f"exists; '{path}' does not{tags}."
+            f"exists; '{path}' does not. ('imagenet' and checkpoint tags are taken by the "
+            "named constructors, e.g. CAFormerS18.)"
         )
 
 
