@@ -409,3 +409,24 @@ def test_a_malicious_baseline_pickle_is_refused_unrun(tmp_path):
         with pytest.raises(UnsafeCheckpointError, match=r"system"):
             load()
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("key", sorted(kp.HYBRIDS))
+def test_every_hybrid_layout_covers_its_model(key, tmp_path):
+    """The official layout of each hybrid names every weight of the model once, with
+    the official parameter count, and a checkpoint in it round-trips exactly."""
+    from keras_poolformer.convert import hybrids
+
+    model = kp.HYBRIDS[key](weights=None)
+    exported = hybrids.export_state_dict(model, key)
+    shapes = hybrids.official_shapes(key)
+    assert {k: v.shape for k, v in exported.items()} == shapes
+    assert sum(int(np.prod(s)) for s in shapes.values()) == kp.HYBRID_CONFIGS[key]["params"]
+    assert len(model.weights) == len(exported)
+    rng = np.random.default_rng(0)
+    state = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+    path = tmp_path / hybrids.FILENAMES[key]
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
+    loaded = kp.HYBRIDS[key](weights=path)
+    again = hybrids.export_state_dict(loaded, key)
+    assert all(np.array_equal(again[k], state[k]) for k in state)
