@@ -91,6 +91,7 @@ def test_baseline_configs_refuse_what_the_model_cannot_take():
         ("demo", "head_dropout=0.1"): "only the baselines' MLP head",
         ("caformer_s18", "norm=layernorm"): "norm='layernorm' .model 'caformer_s18' has its",
         ("convformer_s18", "token_mixers=pooling"): "token_mixers=",
+        ("identityformer_s12", "layer_scale_init_value=1e-6"): "layer_scale_init_value=1e-06",
         ("caformer_s18", "depths=1,1,1,1"): "needs both, four numbers each",
         ("caformer_s18", "optimizer=sgd"): "optimizer='sgd' .must be 'adamw' or 'lamb'",
         ("caformer_s18", "head_dropout=1.0"): r"head_dropout=1.0 .must be a number in \[0, 1\)",
@@ -286,3 +287,18 @@ print(json.dumps([v.numpy().tolist() for v in variables] + [start[0].tolist(), s
     want = timm_lamb(start, steps, 0.05, 0.05, decayed=[True, False])
     for variable, expected in zip(got, want, strict=True):
         np.testing.assert_allclose(np.array(variable), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_saved_before_the_optimizer_fields_still_resumes(tmp_path):
+    """config.json of a run started before ``optimizer`` and ``head_dropout`` existed
+    lacks them; it ran with their defaults, so it is the same run."""
+    config = configs.get_config("demo")
+    run_config = {**dataclasses.asdict(config), "data": "synthetic", "init": None}
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "ckpt-3.index").write_bytes(b"")
+    old = {k: v for k, v in run_config.items() if k not in ("optimizer", "head_dropout")}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    trainer._check_same_run(str(tmp_path), run_config)
+    lamb = {**run_config, "optimizer": "lamb"}
+    with pytest.raises(ValueError, match="optimizer: None -> 'lamb'"):
+        trainer._check_same_run(str(tmp_path), lamb)

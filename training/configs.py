@@ -213,8 +213,15 @@ BASELINES = {
     name: spec for name, spec in registry.MODELS.items() if spec.family in baselines.FAMILIES
 }
 
-# Fields of the PoolFormer MetaFormer that a baseline's family fixes (its registry config).
-_BASELINE_FIXED = ("token_mixers", "norm", "activation", "position_embeddings")
+# Fields of the PoolFormer MetaFormer that a baseline's family fixes (its registry config;
+# its residual scales take the place of LayerScale).
+_BASELINE_FIXED = (
+    "token_mixers",
+    "norm",
+    "activation",
+    "position_embeddings",
+    "layer_scale_init_value",
+)
 
 
 def _baseline_problems(config):
