@@ -3,7 +3,8 @@
 Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
 Localization", ICCV 2017. The paper's supplementary C shows these maps for PoolFormer
 (more concentrated on the object than a ResNet's or a DeiT's); like the official
-script, the default layer is the output of the last stage.
+script, the default layer is the output of the last stage (for the MetaFormer
+baselines too: their blocks are named as PoolFormer's, ``stage{s}_block{j}``).
 """
 
 import numpy as np
@@ -56,7 +57,7 @@ def gradcam(model, images, class_index=None, layer=None):
     scaled to [0, 1].
 
     Args:
-        model: a classifier built by this package.
+        model: a classifier built by this package (PoolFormer, a hybrid or a baseline).
         images: ``(n, height, width, 3)`` as the model takes them (RGB 0..255).
         class_index: the class to explain, an int or one per image; default each
             image's top class.
