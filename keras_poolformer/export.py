@@ -62,7 +62,8 @@ def fold(model):
     - attention's ``qkv`` becomes three projections, the query's ``head_dim ** -0.5``
       in its kernel (no slicing of one ``qkv`` tensor);
     - each downsampling norm's weight goes into the conv after it, the final norm's
-      weight and bias into the head's first linear map;
+      weight and bias into the head's first linear map, the MLP head's norm's into
+      its second;
     - every channel LayerNorm is written as ``c = x - mean(x)``,
       ``c * rsqrt(mean(c * c) + eps)``, which int8 TFLite keeps in XNNPACK
       (Keras' own form gives SQUARED_DIFFERENCE and a float NEG).
@@ -572,7 +573,41 @@ def _deploy_layers():
                 "seed": self.seed,
             }
 
+    @keras.saving.register_keras_serializable(package=package)
+    class FoldedMlpHead(keras.layers.Layer):
+        """The MLP head with its LayerNorm's weight and bias inside ``fc2`` and the
+        norm in :class:`ChannelNorm`'s form: ``fc2(norm(relu(fc1(x)) ** 2))``."""
+
+        def __init__(self, classes, hidden, epsilon=1e-5, **kwargs):
+            super().__init__(**kwargs)
+            self.classes, self.hidden, self.epsilon = int(classes), int(hidden), float(epsilon)
+            self.fc1 = keras.layers.Dense(self.hidden, name="fc1")
+            self.norm = ChannelNorm(self.epsilon, scale=False, name="norm")
+            self.fc2 = keras.layers.Dense(self.classes, name="fc2")
+
+        def build(self, input_shape):
+            hidden_shape = (*input_shape[:-1], self.hidden)
+            self.fc1.build(input_shape)
+            self.norm.build(hidden_shape)
+            self.fc2.build(hidden_shape)
+
+        def call(self, inputs):
+            x = ops.relu(self.fc1(inputs))
+            return self.fc2(self.norm(x * x))
+
+        def compute_output_shape(self, input_shape):
+            return (*input_shape[:-1], self.classes)
+
+        def get_config(self):
+            return {
+                **super().get_config(),
+                "classes": self.classes,
+                "hidden": self.hidden,
+                "epsilon": self.epsilon,
+            }
+
     _DEPLOY_LAYERS.update(
+        FoldedMlpHead=FoldedMlpHead,
         ChannelNorm=ChannelNorm,
         FoldedSepConv=FoldedSepConv,
         SplitAttention=SplitAttention,
@@ -602,6 +637,10 @@ def _fold_baseline(model):
                 layer.seed,
                 name=layer.name,
             )
+        if isinstance(layer, MlpHead):
+            return deploy["FoldedMlpHead"](
+                layer.classes, layer.fc1.units, layer.epsilon, name=layer.name
+            )
         if layer.name in channel_norms and isinstance(layer, keras.layers.LayerNormalization):
             # A downsampling norm's weight goes into the next conv; the final norm's
             # affine into the head's first linear map (when there is a head).
@@ -629,17 +668,24 @@ def _fold_baseline(model):
             new.kernel.assign(old.kernel.numpy() * gamma[None, None, :, None])
             new.bias.assign(old.bias)
         elif new.name == "head":
-            new.set_weights(old.get_weights())
-            norm = model.get_layer("norm")
-            dense = new.fc1 if isinstance(new, MlpHead) else new
-            kernel, bias = dense.kernel.numpy(), dense.bias.numpy()
-            gamma = norm.gamma.numpy()
-            beta = norm.beta.numpy() if norm.center else np.zeros_like(gamma)
-            dense.kernel.assign(gamma[:, None] * kernel)
-            dense.bias.assign(bias + beta @ kernel)
+            mlp = isinstance(old, MlpHead)
+            first, last = (old.fc1, old.fc2) if mlp else (old, None)
+            _fold_affine(model.get_layer("norm"), first, new.fc1 if mlp else new)
+            if mlp:  # the head's own norm into fc2
+                _fold_affine(old.norm, last, new.fc2)
         else:
             new.set_weights(old.get_weights())
     return folded
+
+
+def _fold_affine(norm, dense, target):
+    """``target`` (a Dense with bias) becomes ``dense`` after ``norm``'s affine:
+    ``dense(gamma * x + beta) = x @ (diag(gamma) W) + (beta @ W + b)``."""
+    kernel, bias = dense.kernel.numpy(), dense.bias.numpy()
+    gamma = norm.gamma.numpy()
+    beta = norm.beta.numpy() if norm.center else np.zeros_like(gamma)
+    target.kernel.assign(gamma[:, None] * kernel)
+    target.bias.assign(bias + beta @ kernel)
 
 
 def _fold_block(old, new):

@@ -128,9 +128,10 @@ def test_tflite_fp32_and_onnx_match_keras(artifacts, pixels):
 
 # What stays outside XNNPACK in the folded int8 files (LiteRT 2.x): per LayerNorm the
 # ADD of epsilon and the RSQRT, both on one number per token; attention's int8
-# BATCH_MATMUL and SOFTMAX; the uint8 -> int8 QUANTIZE of the input; and one
-# SQUARED_DIFFERENCE, the MLP head's LayerNorm on one vector per image.
-INT8_OUTSIDE = {"ADD", "RSQRT", "BATCH_MATMUL", "SOFTMAX", "QUANTIZE", "SQUARED_DIFFERENCE"}
+# BATCH_MATMUL and SOFTMAX; the uint8 -> int8 QUANTIZE of the input. (Unfolded,
+# CAFormer-S18 also left out 42 SQUARED_DIFFERENCEs, one per LayerNorm, and 36
+# STRIDED_SLICEs, attention's q/k/v.)
+INT8_OUTSIDE = {"ADD", "RSQRT", "BATCH_MATMUL", "SOFTMAX", "QUANTIZE"}
 
 
 INT8_FLOOR = {"caformer_s18": 0.95, "convformer_s18": 0.75}
@@ -158,7 +159,7 @@ def test_int8_tflite_reports_its_agreement_and_what_leaves_xnnpack(artifacts, pi
     # StarReLU activations before its 7x7 depthwise convs (a known limit, see INT8_FLOOR).
     assert cosine.min() > INT8_FLOOR[artifacts["name"]]
     assert set(outside) <= INT8_OUTSIDE, outside
-    assert outside.get("SQUARED_DIFFERENCE", 0) <= 1 and "STRIDED_SLICE" not in outside
+    assert outside.get("RSQRT", 0) <= 42  # one per norm
 
 
 def test_every_baseline_family_folds_exactly():
