@@ -111,6 +111,28 @@ def _validate_input_shape(input_shape, include_top, include_preprocessing):
     return shape
 
 
+def image_inputs(input_tensor, input_shape, include_preprocessing):
+    """The model's image input (from ``input_tensor`` when given) and, after the
+    optional in-model normalisation, the tensor the stem starts from."""
+    if input_tensor is None:
+        inputs = keras.Input(shape=input_shape, name="images")
+    elif keras.backend.is_keras_tensor(input_tensor):
+        inputs = input_tensor
+    else:
+        inputs = keras.Input(tensor=input_tensor, shape=input_shape, name="images")
+    x = ImageNormalization(name="preprocessing")(inputs) if include_preprocessing else inputs
+    return inputs, x
+
+
+def model_inputs(inputs, input_tensor):
+    """What ``keras.Model`` takes as inputs: the sources of ``input_tensor`` when one
+    was given (Keras Applications convention), else ``inputs``."""
+    if input_tensor is None:
+        return inputs
+    sources = keras.utils.get_source_inputs(input_tensor)
+    return sources[0] if len(sources) == 1 else sources
+
+
 def PoolFormer(
     depths,
     dims,
@@ -388,16 +410,7 @@ def MetaFormer(
             state = _read_checkpoint(weights, expected, name)
 
     # --- layers and graph --------------------------------------------------------
-    if input_tensor is None:
-        inputs = keras.Input(shape=input_shape, name="images")
-    elif keras.backend.is_keras_tensor(input_tensor):
-        inputs = input_tensor
-    else:
-        inputs = keras.Input(tensor=input_tensor, shape=input_shape, name="images")
-
-    x = inputs
-    if include_preprocessing:
-        x = ImageNormalization(name="preprocessing")(x)
+    inputs, x = image_inputs(input_tensor, input_shape, include_preprocessing)
     # Keras convs have no explicit padding; "same" pads asymmetrically at stride
     # 4 and 2, so pad exactly as the official convs do and convolve "valid".
     x = keras.layers.ZeroPadding2D(2, name="stem_pad")(x)
@@ -446,10 +459,7 @@ def MetaFormer(
     elif pooling == "max":
         x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
 
-    if input_tensor is not None:
-        sources = keras.utils.get_source_inputs(input_tensor)
-        inputs = sources[0] if len(sources) == 1 else sources
-    model = keras.Model(inputs, x, name=name)
+    model = keras.Model(model_inputs(inputs, input_tensor), x, name=name)
 
     if state is not None and hybrid is not None:
         from keras_poolformer.convert import hybrids

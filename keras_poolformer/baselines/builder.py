@@ -20,8 +20,13 @@ import keras
 from keras_poolformer import porting, pretrained, weights_file
 from keras_poolformer.baselines import layout
 from keras_poolformer.baselines.layers import MIXERS, NORMS, BaselineBlock, MlpHead, make_norm
-from keras_poolformer.layers import ImageNormalization
-from keras_poolformer.models import DEFAULT_SIZE, POOLING_CHOICES, _validate_input_shape
+from keras_poolformer.models import (
+    DEFAULT_SIZE,
+    POOLING_CHOICES,
+    _validate_input_shape,
+    image_inputs,
+    model_inputs,
+)
 
 HEADS = ("linear", "mlp")
 # Mixers whose weights fix the number of tokens, and so the input size.
@@ -180,16 +185,7 @@ def MetaFormerBaseline(
         _check_state(state, config, include_top, pooling, classes, input_shape, name, weights)
 
     # --- layers and graph --------------------------------------------------------
-    if input_tensor is None:
-        inputs = keras.Input(shape=input_shape, name="images")
-    elif keras.backend.is_keras_tensor(input_tensor):
-        inputs = input_tensor
-    else:
-        inputs = keras.Input(tensor=input_tensor, shape=input_shape, name="images")
-
-    x = inputs
-    if include_preprocessing:
-        x = ImageNormalization(name="preprocessing")(x)
+    inputs, x = image_inputs(input_tensor, input_shape, include_preprocessing)
     # Explicit padding as the official convs pad; "same" would pad asymmetrically.
     x = keras.layers.ZeroPadding2D(2, name="stem_pad")(x)
     x = keras.layers.Conv2D(dims[0], 7, strides=4, name="stem")(x)
@@ -232,10 +228,7 @@ def MetaFormerBaseline(
                 x
             )
 
-    if input_tensor is not None:
-        sources = keras.utils.get_source_inputs(input_tensor)
-        inputs = sources[0] if len(sources) == 1 else sources
-    model = keras.Model(inputs, x, name=name)
+    model = keras.Model(model_inputs(inputs, input_tensor), x, name=name)
     if state is not None:
         layout.load_state_dict(model, state)
     elif weights is not None:
