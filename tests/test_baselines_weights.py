@@ -118,8 +118,11 @@ def test_a_384_tag_defaults_the_input_to_384(mirror):
     _, official, _ = reference("convformer_s18")
     (mirror / "convformer").mkdir()
     save_state_dict(official, mirror / "convformer" / "convformer_s18_384.pth")
-    model = kp.ConvFormerS18(weights="in1k_384", include_top=False, pooling="avg")
+    model = kp.ConvFormerS18(weights="in1k_384", classifier_activation=None)
     assert model.input_shape == (None, 384, 384, 3)
+    # Without the top the input keeps any size, as Keras Applications' backbones do.
+    backbone = kp.ConvFormerS18(weights="in1k_384", include_top=False)
+    assert backbone.input_shape == (None, None, None, 3)
     assert os.path.isfile(os.path.join(pretrained.cache_dir(), "convformer_s18.in1k_384.npz"))
 
 

@@ -159,8 +159,8 @@ Args:
         anything is loaded. With ``include_top=True``, ``classes`` must be the
         checkpoint's (21841 for ``in22k``); ``include_top=False`` skips the classifier.
     input_tensor: optional Keras tensor to use as image input.
-    input_shape: ``(height, width, channels)``; {size_note} A ``*_384`` tag
-        makes ``(384, 384, 3)`` the default.
+    input_shape: ``(height, width, channels)``; {size_note} With the top, a
+        ``*_384`` tag makes ``(384, 384, 3)`` the default.
     pooling: with ``include_top=False``: ``None`` (the last feature map),
         ``"avg"`` (its average, normalised as before the head) or ``"max"``.
     classes: number of classes of the classifier.
@@ -184,7 +184,8 @@ _HEAD_DROPOUT_DOC = """
 def _resolve_weights(spec, weights, include_top, classes, input_shape, input_tensor, **kwargs):
     """Turns ``weights="imagenet"`` or a checkpoint tag into the release to fetch (the
     builder fetches it once every argument is checked), checks ``classes`` against it,
-    and defaults ``input_shape`` to its resolution; paths and ``None`` pass through."""
+    and, with the top, defaults ``input_shape`` to its resolution; paths and ``None``
+    pass through."""
     if isinstance(weights, str) and not os.path.exists(weights):
         tag = "in1k" if weights == "imagenet" else weights
         tags = [c.tag for c in spec.checkpoints]
@@ -196,7 +197,7 @@ def _resolve_weights(spec, weights, include_top, classes, input_shape, input_ten
                     f"{checkpoint.classes} (the checkpoint's classifier), got classes={classes}. "
                     "Use include_top=False for a new head."
                 )
-            if input_shape is None and input_tensor is None:
+            if input_shape is None and input_tensor is None and include_top:
                 input_shape = (checkpoint.resolution, checkpoint.resolution, 3)
             weights = pretrained.baseline_release(spec.name, tag)
         elif os.sep not in weights and not os.path.splitext(weights)[1]:
