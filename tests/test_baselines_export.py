@@ -85,6 +85,7 @@ def test_saved_model_serves_in_a_process_without_keras_poolformer(artifacts, jpe
     np.save(tmp_path / "jpegs.npy", np.array(jpegs, dtype=object), allow_pickle=True)
     script = f"""
 import json, sys
+import keras
 import numpy as np
 import tensorflow as tf
 served = tf.saved_model.load({artifacts["saved_model"]!r})
@@ -162,9 +163,11 @@ def test_int8_tflite_reports_its_agreement_and_what_leaves_xnnpack(artifacts, pi
     assert outside.get("RSQRT", 0) <= 42  # one per norm
 
 
-def test_every_baseline_family_folds_exactly():
+def test_every_baseline_family_folds_exactly(tmp_path):
     """The mixers with no foldable first map (identity, random, pooling) keep norm1's
-    weight; every family folds to the same function on a tiny, randomised model."""
+    weight; every family folds to the same function on a tiny, randomised model, and
+    the folded model survives a `.keras` round trip (its layers are registered when
+    keras_poolformer is imported)."""
     rng = np.random.default_rng(1)
     images = rng.uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
     for mixers, norm, head in [
@@ -177,6 +180,18 @@ def test_every_baseline_family_folds_exactly():
         assert expected.std() > 0.1
         folded = export.fold(model)
         assert np.abs(folded(images).numpy() - expected).max() <= 1e-5
+    # The last (CAFormer-like) folded model loads in a fresh process that only imports
+    # keras_poolformer: the folded layers are registered on import, not by fold().
+    path, inputs, outputs = tmp_path / "folded.keras", tmp_path / "in.npy", tmp_path / "out.npy"
+    folded.save(path)
+    np.save(inputs, images)
+    code = (
+        "import sys, keras, numpy as np, keras_poolformer; "
+        "model = keras.models.load_model(sys.argv[1]); "
+        "np.save(sys.argv[3], model(np.load(sys.argv[2])).numpy())"
+    )
+    subprocess.run([sys.executable, "-c", code, str(path), str(inputs), str(outputs)], check=True)
+    np.testing.assert_allclose(np.load(outputs), folded(images).numpy(), atol=1e-6)
 
 
 def tiny(mixers, norm="channel", head="mlp", rng=None, **kwargs):

@@ -2,9 +2,10 @@
 PoolFormerV2, IdentityFormer, RandFormer, ConvFormer and CAFormer, one module each over
 the shared layers and builder."""
 
-from keras_poolformer.baselines import (
+from keras_poolformer.baselines import (  # deploy: the folded layers, registered with Keras
     caformer,
     convformer,
+    deploy,
     identityformer,
     poolformerv2,
     randformer,
@@ -46,6 +47,7 @@ FAMILIES = {
 
 __all__ = [
     "FAMILIES",
+    "deploy",
     "CAFormerB36",
     "CAFormerM36",
     "CAFormerS18",
