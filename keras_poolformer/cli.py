@@ -187,15 +187,34 @@ def predict(args):
     return 0
 
 
+class _UnverifiedError(Exception):
+    """A conversion that ``--verify`` did not pass; its exit status is the argument."""
+
+
 def convert(args):
-    """Converts a PyTorch checkpoint to Keras, optionally verifying it."""
+    """Converts a PyTorch checkpoint to Keras, optionally verifying it. With
+    ``--verify`` the output file appears only once the conversion is verified."""
+    from keras_poolformer import files
+
+    _check_images(args.images)
+    if not args.verify:
+        _convert(args, args.output)
+        return 0
+    try:
+        with files.atomic_path(args.output) as tmp:
+            _convert(args, tmp)
+    except _UnverifiedError as refused:
+        return refused.args[0]
+    return 0
+
+
+def _convert(args, output):
     import numpy as np
 
     import keras_poolformer as kp
     from keras_poolformer.convert import convert_checkpoint, describe
 
-    _check_images(args.images)
-    model, info = convert_checkpoint(args.checkpoint, args.output, variant=args.model)
+    model, info = convert_checkpoint(args.checkpoint, output, variant=args.model)
     arch = info["architecture"]
     tensors = len(info["report"].loaded)
     print(
@@ -203,17 +222,17 @@ def convert(args):
         f"-> {args.output} ({model.count_params():,} parameters)"
     )
     if not args.verify:
-        return 0
+        return
     if arch.get("kind") in ("baseline", "hybrid"):
         # transformers has PoolFormer v1 only, and timm (the baselines' reference) is a
         # test dependency: these conversions are checked by the test suite instead.
         print(
             f"keras-poolformer: error: --verify compares with transformers' PoolFormer v1 and "
-            f"cannot check {describe(arch)} (the conversion above was written; the test suite "
-            "checks the baselines and hybrids against PyTorch references)",
+            f"cannot check {describe(arch)}; nothing was written (convert without --verify; "
+            "the test suite checks the baselines and hybrids against PyTorch references)",
             file=sys.stderr,
         )
-        return 2
+        raise _UnverifiedError(2)
 
     from keras_poolformer.convert.verify import TOLERANCE, compare
 
@@ -230,9 +249,11 @@ def convert(args):
     print(f"  top-1 agreement: {result['top1_agreement']:.0%}")
     print(f"  top-5 agreement (same classes, same order): {result['top5_agreement']:.0%}")
     if result["max_abs_diff"] > TOLERANCE:
-        print("keras-poolformer: error: the converted model does not match", file=sys.stderr)
-        return 1
-    return 0
+        print(
+            "keras-poolformer: error: the converted model does not match; nothing was written",
+            file=sys.stderr,
+        )
+        raise _UnverifiedError(1)
 
 
 def train(args):

@@ -333,8 +333,10 @@ def test_cli_convert_of_a_baseline_and_a_hybrid(tmp_path, images, pppa, capsys):
     assert "metaformer_pppa_s12" in capsys.readouterr().out
     model = kp.MetaFormerPPPAS12(weights=out, classifier_activation=None)
     assert max_diff(model, logits(images), images) < TOLERANCE
-    assert cli.main(["convert", str(hybrid), "--output", str(out), "--verify"]) == 2
+    refused = tmp_path / "refused.weights.h5"
+    assert cli.main(["convert", str(hybrid), "--output", str(refused), "--verify"]) == 2
     assert "cannot check" in capsys.readouterr().err
+    assert not refused.exists()
 
 
 @pytest.mark.parametrize("layout", ["official", "timm"])

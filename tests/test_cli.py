@@ -73,9 +73,11 @@ def test_convert_with_verify_on_real_images(s12_checkpoint, tmp_path, capsys):
 def test_verify_catches_a_broken_conversion(s12_checkpoint, tmp_path, monkeypatch, capsys):
     # Kernels stored with height and width swapped: shapes still fit (3x3, 7x7), values do not.
     monkeypatch.setitem(kp.porting._TO_KERAS, "conv", lambda w: w.transpose(3, 2, 1, 0))
-    args = ["convert", str(s12_checkpoint), "--output", str(tmp_path / "x.weights.h5"), "--verify"]
+    output = tmp_path / "x.weights.h5"
+    args = ["convert", str(s12_checkpoint), "--output", str(output), "--verify"]
     assert cli.main(args) == 1
-    assert "does not match" in capsys.readouterr().err
+    assert "does not match; nothing was written" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no output, no leftover temporary
 
 
 def test_predict_names_a_bad_weights_file(tmp_path, capsys):
