@@ -16,6 +16,7 @@ from test_training import folder_data, resume_from_copy
 
 import keras_poolformer as kp
 from keras_poolformer import baselines, registry
+from keras_poolformer.baselines import layout
 from keras_poolformer.training import configs, trainer
 
 BASELINE_NAMES = [
@@ -103,8 +104,6 @@ def test_baseline_configs_refuse_what_the_model_cannot_take():
         configs.get_config("caformer_s18", ["depths=1,1,1,1", "dims=8,16,24,32"])
     with pytest.raises(ValueError, match="model='caformer_t1'"):
         configs.Config(model="caformer_t1").validate()
-    with pytest.raises(ValueError, match="no pretrained weights"):
-        trainer.build_model(configs.get_config("caformer_s18"), 10, init="imagenet")
 
 
 def test_the_trainer_builds_each_constructor_with_the_recipe(monkeypatch):
@@ -302,3 +301,25 @@ def test_a_run_saved_before_the_optimizer_fields_still_resumes(tmp_path):
     lamb = {**run_config, "optimizer": "lamb"}
     with pytest.raises(ValueError, match="optimizer: None -> 'lamb'"):
         trainer._check_same_run(str(tmp_path), lamb)
+
+
+def test_init_fine_tunes_from_pretrained_weights_with_a_fresh_head(tmp_path):
+    # A tiny CAFormer trunk stands in for a release checkpoint: everything but the
+    # classifier comes from the file (official layout), the head is the new model's own.
+    config = configs.get_config("caformer_s18", ["depths=1,1,1,1", "dims=32,32,64,64"])
+    config = dataclasses.replace(config, image_size=64)
+    donor = trainer.build_model(config, 1000)
+    for weight in donor.weights:
+        weight.assign(np.random.default_rng(len(weight.path)).normal(0, 0.1, weight.shape))
+    state = layout.export_state_dict(donor)
+    path = tmp_path / "pretrained.npz"
+    np.savez(path, **state)
+
+    model = trainer.build_model(config, 7, init=str(path))
+    ported = layout.export_state_dict(model)
+    assert sorted(ported) == sorted(state)
+    for key, value in ported.items():
+        if not key.startswith("head."):  # the trunk and the final norm: the file's
+            np.testing.assert_array_equal(value, state[key], err_msg=key)
+    assert ported["head.fc2.weight"].shape == (7, 256)  # a new head for 7 classes
+    assert not np.allclose(ported["head.fc1.weight"], state["head.fc1.weight"])

@@ -208,11 +208,17 @@ def _set_precision(config, strategy):
 # --- model -------------------------------------------------------------------------------
 
 
-def build_baseline(config, num_classes):
+def build_baseline(config, num_classes, init=None):
     """A MetaFormer baseline (``config.model`` a registry name, ``caformer_s18``) with
     logits out: its constructor with the config's drop path (and head dropout, for the
     MLP-head families), or, when the config gives depths and dims, the family's parts on
-    that trunk (for tests and small experiments)."""
+    that trunk (for tests and small experiments).
+
+    ``init`` (``"imagenet"``, a checkpoint tag, or a weights or checkpoint file) fills
+    everything but the classifier, which starts fresh: the trunk and the final norm
+    from the release (or the file), the head as initialised here."""
+    from keras_poolformer.baselines import layout
+
     spec = kp.registry.get(config.model)
     args = {
         "input_shape": (config.image_size, config.image_size, 3),
@@ -225,20 +231,33 @@ def build_baseline(config, num_classes):
         args["head_dropout"] = config.head_dropout
     if config.depths:
         architecture = {**spec.config, "depths": tuple(config.depths), "dims": tuple(config.dims)}
-        return kp.baselines.MetaFormerBaseline(**architecture, **args, name=f"{spec.name}_custom")
-    return getattr(kp, spec.constructor)(**args)
+
+        def build(**kwargs):
+            return kp.baselines.MetaFormerBaseline(
+                **architecture, **kwargs, name=f"{spec.name}_custom"
+            )
+    else:
+
+        def build(**kwargs):
+            return getattr(kp, spec.constructor)(**kwargs)
+
+    model = build(**args)
+    if init:
+        # pooling="avg" keeps the final norm, which the pretrained head was fed by.
+        donor_args = {**args, "include_top": False, "pooling": "avg", "weights": init}
+        donor = build(**donor_args)
+        state = layout.export_state_dict(donor)
+        fresh = layout.export_state_dict(model)
+        state.update({key: value for key, value in fresh.items() if key.startswith("head.")})
+        layout.load_state_dict(model, state)
+    return model
 
 
 def build_model(config, num_classes, init=None):
     """The classifier to train (logits out), optionally initialised from pretrained
     weights (``"imagenet"`` or a weights/checkpoint path) with a fresh head."""
     if config.model in kp.registry.MODELS:
-        if init:
-            raise ValueError(
-                f"--init loads PoolFormer weights; {config.model} is a MetaFormer baseline "
-                "(it has no pretrained weights here yet)."
-            )
-        return build_baseline(config, num_classes)
+        return build_baseline(config, num_classes, init)
     if config.model == "custom":
         depths, dims = config.depths, config.dims
     else:
