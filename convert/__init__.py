@@ -137,14 +137,23 @@ def _hybrid_hint(hint):
 
 
 def model_names():
-    """Every name ``convert_checkpoint``'s ``variant`` takes: PoolFormer v1 variants
-    (``"s12"``...), the v1 hybrids (``"metaformer_pppa_s12"``...) and the baselines
-    (``"caformer_s18"``...)."""
-    from keras_poolformer import registry
-    from keras_poolformer.convert import hybrids
-    from keras_poolformer.models import MODEL_CONFIGS
+    """Every name ``convert_checkpoint``'s ``variant`` takes: every registered model
+    (:data:`keras_poolformer.registry.MODELS`: ``"poolformer_s12"``...,
+    ``"metaformer_pppa_s12"``..., ``"caformer_s18"``...) and the short names of the
+    PoolFormer v1 variants (``"s12"``...)."""
+    from keras_poolformer import poolformer_table, registry
 
-    return [*MODEL_CONFIGS, *hybrids.NAMES.values(), *registry.MODELS]
+    return [*poolformer_table.VARIANT_SPECS, *registry.MODELS]
+
+
+def _v1_key(variant):
+    """``"s12"`` for ``"poolformer_s12"`` (or ``"s12"``); other names unchanged."""
+    from keras_poolformer import poolformer_table, registry
+
+    spec = registry.MODELS.get(variant)
+    if spec is not None and spec.family == "poolformer":
+        return poolformer_table.short_key(spec)
+    return variant
 
 
 def convert_checkpoint(checkpoint, output, variant=None):
@@ -177,6 +186,7 @@ def convert_checkpoint(checkpoint, output, variant=None):
         raise ValueError(f"output must end with {' or '.join(OUTPUT_SUFFIXES)}; got '{output}'.")
     if variant is not None and variant not in model_names():
         raise ValueError(f"unknown model {variant!r}; choose one of {', '.join(model_names())}.")
+    variant = _v1_key(variant)
     raw = read_checkpoint(checkpoint)
     hybrid_hint = _hybrid_hint(variant) or _hybrid_hint(
         os.path.basename(os.fspath(checkpoint)).split(".")[0].removesuffix("_224")
@@ -224,6 +234,6 @@ def convert_checkpoint(checkpoint, output, variant=None):
 
 
 def _v1_variants():
-    from keras_poolformer.models import MODEL_CONFIGS
+    from keras_poolformer import poolformer_table
 
-    return tuple(MODEL_CONFIGS)
+    return tuple(poolformer_table.VARIANT_SPECS)

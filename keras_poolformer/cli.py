@@ -35,49 +35,70 @@ def _print_table(rows, header):
 
 
 def all_model_names():
-    """Every name ``summary`` and ``export --model`` take: the PoolFormer variants, the
-    MetaFormer hybrids of the first paper, and every registered model (the baselines)."""
+    """Every name ``summary`` and ``export --model`` take: every registered model
+    (:data:`keras_poolformer.registry.MODELS`: PoolFormer v1, the v1 MetaFormers and the
+    baselines) and the short names of the first releases (``"s12"``, ``"pppa_s12"``...,
+    :data:`keras_poolformer.registry.ALIASES`)."""
     from keras_poolformer import registry
-    from keras_poolformer.models import HYBRID_CONFIGS, MODEL_CONFIGS
 
-    return [*MODEL_CONFIGS, *HYBRID_CONFIGS, *registry.MODELS]
+    return [*registry.ALIASES, *registry.MODELS]
 
 
 def _model_entry(name):
-    """``(label, family, constructor, published params, published MACs or None,
-    registry spec or None, image size, crop_pct)`` of a name from :func:`all_model_names`."""
+    """``(label, family, constructor, published params, published MACs, registry spec,
+    image size, crop_pct)`` of a name from :func:`all_model_names`."""
     import keras_poolformer as kp
     from keras_poolformer import registry
 
-    if name in kp.MODEL_CONFIGS:
-        config = kp.MODEL_CONFIGS[name]
-        return (name.upper(), "poolformer", kp.VARIANTS[name], config["params"],
-                config["macs"], None, 224, config["crop_pct"])  # fmt: skip
-    if name in kp.HYBRID_CONFIGS:
-        config = kp.HYBRID_CONFIGS[name]
-        return (name.upper(), "metaformer", kp.HYBRIDS[name], config["params"],
-                config.get("macs"), None, 224, config["crop_pct"])  # fmt: skip
-    spec = registry.get(name)
+    spec = registry.resolve(name)
+    label = name.upper() if name in registry.ALIASES else name
     first = spec.checkpoints[0] if spec.checkpoints else None
-    return (name, spec.family, getattr(kp, spec.constructor), spec.params, spec.macs, spec,
+    return (label, spec.family, getattr(kp, spec.constructor), spec.params, spec.macs, spec,
             first.resolution if first else 224, first.crop_pct if first else 1.0)  # fmt: skip
+
+
+def _counts_from_config(spec):
+    """``(params, MACs at 224)`` of a registered model worked out from its ``config``,
+    without building it (what the built graph gives: tests/test_baselines_cli.py)."""
+    import math
+
+    from keras_poolformer import analysis, poolformer_table, porting
+
+    config = spec.config
+    if spec.family == "poolformer":
+        shapes = porting.official_shapes(config["depths"], config["dims"], config["mlp_ratio"])
+        macs = analysis.baseline_macs({**config, "token_mixers": "pooling"})
+    elif spec.family == "metaformer":
+        from keras_poolformer.convert import hybrids
+
+        shapes = hybrids.official_shapes(poolformer_table.short_key(spec))
+        macs = analysis.baseline_macs(config)
+        side = (224 + 2 * 2 - 7) // 4 + 1
+        for s, (depth, dim, mixer) in enumerate(
+            zip(config["depths"], config["dims"], config["token_mixers"], strict=True)
+        ):
+            side = side if s == 0 else (side + 2 - 3) // 2 + 1
+            if mixer == "spatial_mlp":  # one token-by-token matrix per block
+                macs += depth * (side * side) ** 2 * dim
+    else:
+        return analysis.baseline_params(config), analysis.baseline_macs(config)
+    return sum(math.prod(shape) for shape in shapes.values()), macs
 
 
 def summary(args):
     """Counts each model's parameters and MACs beside the published figures, and runs
-    the given images through it. The PoolFormer variants and hybrids are built and
-    their graphs counted; the baselines are counted from their configurations
-    (:func:`~keras_poolformer.analysis.baseline_params`, ``baseline_macs``) unless
-    ``--build`` (or ``--images``) asks for the built models."""
+    the given images through it. Every registered model is counted from its
+    configuration (:func:`_counts_from_config`) unless ``--build`` (or ``--images``)
+    asks for the built models' graphs."""
     import numpy as np
 
     import keras_poolformer as kp
-    from keras_poolformer import analysis
+    from keras_poolformer import registry
 
     images = None
     _check_images(args.images)
     names = list(dict.fromkeys([*(args.variants or ()), *(args.models or ())]))
-    names = names or all_model_names()
+    names = names or list(registry.MODELS)
     if args.images:
         images = np.stack([kp.load_image(path) for path in args.images])
         print(f"{len(images)} image(s) loaded and transformed to 224x224.")
@@ -86,15 +107,12 @@ def summary(args):
     for name in names:
         label, family, constructor, paper_params, paper_macs, spec, _, _ = _model_entry(name)
         model = None
-        if spec is None or args.build or images is not None:
+        if args.build or images is not None:
             print(f"building {label} ...", flush=True)
             model = constructor(weights=None)
             params, macs = model.count_params(), kp.count_macs(model)
         else:
-            params, macs = (
-                analysis.baseline_params(spec.config),
-                analysis.baseline_macs(spec.config),
-            )
+            params, macs = _counts_from_config(spec)
         row = [
             label,
             family,
@@ -457,9 +475,9 @@ def _positive_int(text):
 
 
 def build_parser():
-    from keras_poolformer.models import MODEL_CONFIGS
+    from keras_poolformer import poolformer_table
 
-    variants = list(MODEL_CONFIGS)
+    variants = list(poolformer_table.VARIANT_SPECS)
     parser = _Parser(prog="keras-poolformer", description="PoolFormer (MetaFormer) in Keras 3.")
     commands = parser.add_subparsers(dest="command", required=True)
 

@@ -14,7 +14,7 @@ import os
 
 import keras
 
-from keras_poolformer import mixers, porting, pretrained, weights_file
+from keras_poolformer import mixers, poolformer_table, porting, pretrained, weights_file
 from keras_poolformer.layers import (
     ImageNormalization,
     MetaFormerBlock,
@@ -22,62 +22,12 @@ from keras_poolformer.layers import (
     PoolFormerBlock,
 )
 
-# The five variants of the paper (Table 2). `drop_path_rate` and
+# The five variants of the paper (Table 2), as the first releases exported them: a view
+# of the registry (keras_poolformer/poolformer_table.py). `drop_path_rate` and
 # `layer_scale_init_value` are the training recipe's; `crop_pct` is the evaluation
 # crop the released weights were measured with; `params`, `macs` and `top1` are the
 # paper's figures at 224x224.
-MODEL_CONFIGS = {
-    "s12": {
-        "depths": (2, 2, 6, 2),
-        "dims": (64, 128, 320, 512),
-        "layer_scale_init_value": 1e-5,
-        "drop_path_rate": 0.1,
-        "crop_pct": 0.9,
-        "params": 11_915_176,
-        "macs": 1.8e9,
-        "top1": 77.2,
-    },
-    "s24": {
-        "depths": (4, 4, 12, 4),
-        "dims": (64, 128, 320, 512),
-        "layer_scale_init_value": 1e-5,
-        "drop_path_rate": 0.1,
-        "crop_pct": 0.9,
-        "params": 21_388_968,
-        "macs": 3.4e9,
-        "top1": 80.3,
-    },
-    "s36": {
-        "depths": (6, 6, 18, 6),
-        "dims": (64, 128, 320, 512),
-        "layer_scale_init_value": 1e-6,
-        "drop_path_rate": 0.2,
-        "crop_pct": 0.9,
-        "params": 30_862_760,
-        "macs": 5.0e9,
-        "top1": 81.4,
-    },
-    "m36": {
-        "depths": (6, 6, 18, 6),
-        "dims": (96, 192, 384, 768),
-        "layer_scale_init_value": 1e-6,
-        "drop_path_rate": 0.3,
-        "crop_pct": 0.95,
-        "params": 56_172_520,
-        "macs": 8.8e9,
-        "top1": 82.1,
-    },
-    "m48": {
-        "depths": (8, 8, 24, 8),
-        "dims": (96, 192, 384, 768),
-        "layer_scale_init_value": 1e-6,
-        "drop_path_rate": 0.4,
-        "crop_pct": 0.95,
-        "params": 73_473_448,
-        "macs": 11.6e9,
-        "top1": 82.5,
-    },
-}
+MODEL_CONFIGS = poolformer_table.variant_configs()
 
 DEFAULT_SIZE = 224
 # Below this the stride-32 trunk has nothing left to pool over.
@@ -631,120 +581,9 @@ Example:
 """
 
 
-def _variant(key):
-    config = MODEL_CONFIGS[key]
-
-    def constructor(
-        include_top=True,
-        weights="imagenet",
-        input_tensor=None,
-        input_shape=None,
-        pooling=None,
-        classes=1000,
-        classifier_activation="softmax",
-        include_preprocessing=True,
-        drop_path_rate=0.0,
-        name=f"poolformer_{key}",
-    ):
-        return PoolFormer(
-            depths=config["depths"],
-            dims=config["dims"],
-            layer_scale_init_value=config["layer_scale_init_value"],
-            include_top=include_top,
-            weights=weights,
-            input_tensor=input_tensor,
-            input_shape=input_shape,
-            pooling=pooling,
-            classes=classes,
-            classifier_activation=classifier_activation,
-            include_preprocessing=include_preprocessing,
-            drop_path_rate=drop_path_rate,
-            name=name,
-        )
-
-    constructor.__name__ = constructor.__qualname__ = f"PoolFormer{key.upper()}"
-    constructor.__doc__ = _DOCSTRING.format(
-        upper=key.upper(),
-        params=config["params"],
-        macs=f"{config['macs'] / 1e9:.1f}G",
-        top1=config["top1"],
-        crop_pct=config["crop_pct"],
-        drop_path=config["drop_path_rate"],
-    )
-    return constructor
-
-
-PoolFormerS12 = _variant("s12")
-PoolFormerS24 = _variant("s24")
-PoolFormerS36 = _variant("s36")
-PoolFormerM36 = _variant("m36")
-PoolFormerM48 = _variant("m48")
-
-VARIANTS = {
-    "s12": PoolFormerS12,
-    "s24": PoolFormerS24,
-    "s36": PoolFormerS36,
-    "m36": PoolFormerM36,
-    "m48": PoolFormerM48,
-}
-
 # The official MetaFormer models of sail-sg/poolformer's ``models/metaformer.py``, all of
-# S12's size (depths 2/2/6/2, dims 64/128/320/512): the identity-mixer baseline of the
-# paper's Table 5 and the hybrids of its Table 6. As in the official code, the attention
-# hybrids use LayerNorm over channels and a position embedding before their first
-# attention stage; the others keep MLN. ``params`` is worked out in tests/test_models.py.
-HYBRID_CONFIGS = {
-    "id_s12": {
-        "token_mixers": ("identity",) * 4,
-        "norm": "mln",
-        "position_embeddings": (),
-        "crop_pct": 0.9,
-        "params": 11_915_176,
-    },
-    "pppa_s12": {
-        "token_mixers": ("pooling", "pooling", "pooling", "attention"),
-        "norm": "layernorm",
-        "position_embeddings": (3,),
-        "crop_pct": 0.95,
-        "params": 14_038_440,
-    },
-    "ppaa_s12": {
-        "token_mixers": ("pooling", "pooling", "attention", "attention"),
-        "norm": "layernorm",
-        "position_embeddings": (2,),
-        "crop_pct": 0.95,
-        "params": 16_535_592,
-    },
-    "pppf_s12": {
-        "token_mixers": ("pooling", "pooling", "pooling", "spatial_mlp"),
-        "norm": "mln",
-        "position_embeddings": (),
-        "crop_pct": 0.9,
-        "params": 11_919_978,
-    },
-    "ppff_s12": {
-        "token_mixers": ("pooling", "pooling", "spatial_mlp", "spatial_mlp"),
-        "norm": "mln",
-        "position_embeddings": (),
-        "crop_pct": 0.95,
-        "params": 12_150_474,
-    },
-}
-_HYBRID_NAMES = {
-    "id_s12": "MetaFormerIdS12",
-    "pppa_s12": "MetaFormerPPPAS12",
-    "ppaa_s12": "MetaFormerPPAAS12",
-    "pppf_s12": "MetaFormerPPPFS12",
-    "ppff_s12": "MetaFormerPPFFS12",
-}
-# The release files (``model_urls`` of the official models/metaformer.py).
-_HYBRID_FILES = {
-    "id_s12": "metaformer_id_s12.pth.tar",
-    "pppa_s12": "metaformer_pppa_s12_224.pth.tar",
-    "ppaa_s12": "metaformer_ppaa_s12_224.pth.tar",
-    "pppf_s12": "metaformer_pppf_s12_224.pth.tar",
-    "ppff_s12": "metaformer_ppff_s12_224.pth.tar",
-}
+# S12's size: a view of the registry (keras_poolformer/poolformer_table.py).
+HYBRID_CONFIGS = poolformer_table.hybrid_configs()
 _MIXER_WORDS = {
     "identity": "Identity",
     "pooling": "Pool",
@@ -779,12 +618,51 @@ Example:
 """
 
 
-def _hybrid(key):
-    config = HYBRID_CONFIGS[key]
+def _docstring(spec):
+    """The constructor docstring of a spec of :mod:`keras_poolformer.poolformer_table`."""
+    key, config, checkpoint = poolformer_table.short_key(spec), spec.config, spec.checkpoints[0]
+    if spec.family == "poolformer":
+        return _DOCSTRING.format(
+            upper=key.upper(),
+            params=spec.params,
+            macs=f"{spec.macs / 1e9:.1f}G",
+            top1=spec.top1,
+            crop_pct=checkpoint.crop_pct,
+            drop_path=spec.recipe["drop_path_rate"],
+        )
+    fixed = any(m in mixers.FIXED_SIZE_MIXERS for m in config["token_mixers"])
+    return _HYBRID_DOCSTRING.format(
+        title="identity model" if key == "id_s12" else f"hybrid {key[:4].upper()}",
+        params=spec.params,
+        mixers=", ".join(_MIXER_WORDS[m] for m in config["token_mixers"]),
+        norm={"mln": "MLN", "layernorm": "LayerNorm"}[config["norm"]],
+        pos=(
+            ", a learned position embedding before the first attention stage"
+            if config["position_embeddings"]
+            else ""
+        ),
+        key=key,
+        name=spec.constructor,
+        filename=checkpoint.url.rsplit("/", 1)[-1],
+        fixed=(
+            "Its position embedding or spatial MLP fixes the input size (224x224 by default)."
+            if fixed or config["position_embeddings"]
+            else "It takes any input size of at least 32 pixels."
+        ),
+    )
+
+
+def _named(spec):
+    """The public constructor of a registered PoolFormer v1 variant or v1 MetaFormer
+    (``PoolFormerS12``, ``MetaFormerPPPAS12``...): :func:`PoolFormer` or
+    :func:`MetaFormer` with the spec's ``config``. The variants default to the
+    ImageNet weights, the MetaFormers to none."""
+    builder = PoolFormer if spec.family == "poolformer" else MetaFormer
+    default_weights = "imagenet" if spec.family == "poolformer" else None
 
     def constructor(
         include_top=True,
-        weights=None,
+        weights=default_weights,
         input_tensor=None,
         input_shape=None,
         pooling=None,
@@ -792,15 +670,10 @@ def _hybrid(key):
         classifier_activation="softmax",
         include_preprocessing=True,
         drop_path_rate=0.0,
-        name=f"metaformer_{key}",
+        name=spec.name,
     ):
-        return MetaFormer(
-            depths=MODEL_CONFIGS["s12"]["depths"],
-            dims=MODEL_CONFIGS["s12"]["dims"],
-            token_mixers=config["token_mixers"],
-            norm=config["norm"],
-            position_embeddings=config["position_embeddings"],
-            layer_scale_init_value=MODEL_CONFIGS["s12"]["layer_scale_init_value"],
+        return builder(
+            **spec.config,
             include_top=include_top,
             weights=weights,
             input_tensor=input_tensor,
@@ -813,40 +686,22 @@ def _hybrid(key):
             name=name,
         )
 
-    fixed = any(m in mixers.FIXED_SIZE_MIXERS for m in config["token_mixers"])
-    constructor.__name__ = constructor.__qualname__ = _HYBRID_NAMES[key]
-    constructor.__doc__ = _HYBRID_DOCSTRING.format(
-        title="identity model" if key == "id_s12" else f"hybrid {key[:4].upper()}",
-        params=config["params"],
-        mixers=", ".join(_MIXER_WORDS[m] for m in config["token_mixers"]),
-        norm={"mln": "MLN", "layernorm": "LayerNorm"}[config["norm"]],
-        pos=(
-            ", a learned position embedding before the first attention stage"
-            if config["position_embeddings"]
-            else ""
-        ),
-        key=key,
-        name=_HYBRID_NAMES[key],
-        filename=_HYBRID_FILES[key],
-        fixed=(
-            "Its position embedding or spatial MLP fixes the input size (224x224 by default)."
-            if fixed or config["position_embeddings"]
-            else "It takes any input size of at least 32 pixels."
-        ),
-    )
+    constructor.__name__ = constructor.__qualname__ = spec.constructor
+    constructor.__doc__ = _docstring(spec)
     return constructor
 
 
-MetaFormerIdS12 = _hybrid("id_s12")
-MetaFormerPPPAS12 = _hybrid("pppa_s12")
-MetaFormerPPAAS12 = _hybrid("ppaa_s12")
-MetaFormerPPPFS12 = _hybrid("pppf_s12")
-MetaFormerPPFFS12 = _hybrid("ppff_s12")
+VARIANTS = {key: _named(spec) for key, spec in poolformer_table.VARIANT_SPECS.items()}
+HYBRIDS = {key: _named(spec) for key, spec in poolformer_table.HYBRID_SPECS.items()}
 
-HYBRIDS = {
-    "id_s12": MetaFormerIdS12,
-    "pppa_s12": MetaFormerPPPAS12,
-    "ppaa_s12": MetaFormerPPAAS12,
-    "pppf_s12": MetaFormerPPPFS12,
-    "ppff_s12": MetaFormerPPFFS12,
-}
+PoolFormerS12 = VARIANTS["s12"]
+PoolFormerS24 = VARIANTS["s24"]
+PoolFormerS36 = VARIANTS["s36"]
+PoolFormerM36 = VARIANTS["m36"]
+PoolFormerM48 = VARIANTS["m48"]
+
+MetaFormerIdS12 = HYBRIDS["id_s12"]
+MetaFormerPPPAS12 = HYBRIDS["pppa_s12"]
+MetaFormerPPAAS12 = HYBRIDS["ppaa_s12"]
+MetaFormerPPPFS12 = HYBRIDS["pppf_s12"]
+MetaFormerPPFFS12 = HYBRIDS["ppff_s12"]

@@ -25,6 +25,8 @@ import re
 
 import numpy as np
 
+from keras_poolformer import poolformer_table
+
 # Parts of the official layout that only a classifier has: a model built with
 # include_top=False (or a feature extractor) skips them instead of refusing them.
 CLASSIFIER_ONLY = ("norm.", "head.")
@@ -232,11 +234,10 @@ _EXAMPLES = 3
 def _variant_of(shapes):
     """``"PoolFormer-S12"``... when ``{key: shape}`` holds exactly the trunk of a
     named variant (classifier and final norm aside), else ``None``; for messages."""
-    from keras_poolformer.models import MODEL_CONFIGS
-
     trunk = {k: tuple(s) for k, s in shapes.items() if not k.startswith(CLASSIFIER_ONLY)}
-    for key, config in MODEL_CONFIGS.items():
-        wanted = official_shapes(config["depths"], config["dims"], classes=None, final_norm=False)
+    for key, spec in poolformer_table.VARIANT_SPECS.items():
+        depths, dims = spec.config["depths"], spec.config["dims"]
+        wanted = official_shapes(depths, dims, classes=None, final_norm=False)
         if trunk == wanted:
             return f"PoolFormer-{key.upper()}"
     return None

@@ -73,6 +73,8 @@ class ModelSpec:
 
 
 MODELS = {}
+# Short names kept from the first releases ("s12" for "poolformer_s12"...): name -> name.
+ALIASES = {}
 
 
 def register(spec):
@@ -91,6 +93,22 @@ def get(name):
         raise ValueError(
             f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}."
         ) from None
+
+
+def add_alias(alias, name):
+    """Lets :func:`resolve` take ``alias`` for the registered model ``name``."""
+    if alias in MODELS or alias in ALIASES:
+        raise ValueError(f"the name {alias!r} is taken already.")
+    if name not in MODELS:
+        raise ValueError(f"no model named {name!r} is registered.")
+    ALIASES[alias] = name
+    return alias
+
+
+def resolve(name):
+    """The :class:`ModelSpec` of a registered name or of an alias (:data:`ALIASES`);
+    ``ValueError`` listing the names."""
+    return get(ALIASES.get(name, name))
 
 
 def family_models(family):

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from keras_poolformer import porting
+from keras_poolformer import poolformer_table, porting
 
 SUFFIX = ".weights.h5"
 # Keras names the classifier's variables after its class: Dense -> "dense".
@@ -53,10 +53,8 @@ def _describe(counter):
 
 def _matching_variant(body):
     """The named variant (``"S24"``...) whose trunk has exactly these tensor shapes."""
-    from keras_poolformer.models import MODEL_CONFIGS
-
-    for key, config in MODEL_CONFIGS.items():
-        shapes = porting.official_shapes(config["depths"], config["dims"], classes=None)
+    for key, spec in poolformer_table.VARIANT_SPECS.items():
+        shapes = porting.official_shapes(spec.config["depths"], spec.config["dims"], classes=None)
         if collections.Counter(_keras_shape(s) for s in shapes.values()) == body:
             return key.upper()
     return None
