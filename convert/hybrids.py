@@ -47,8 +47,10 @@ _POS = re.compile(r"stage(\d+)_pos_embed$")
 
 
 def _config(key):
-    from keras_poolformer.models import HYBRID_CONFIGS, MODEL_CONFIGS
+    from keras_poolformer import poolformer_table
 
+    HYBRID_CONFIGS = poolformer_table.hybrid_configs()  # noqa: N806 (the models' table)
+    MODEL_CONFIGS = poolformer_table.variant_configs()  # noqa: N806
     if key not in HYBRID_CONFIGS:
         raise ValueError(f"unknown MetaFormer hybrid {key!r}; there are {', '.join(FILENAMES)}.")
     s12 = MODEL_CONFIGS["s12"]

@@ -148,12 +148,12 @@ def infer_architecture(state):
     mlp_ratio = _leading_dim(state, fc1) / dims[0] if fc1 in state else 4.0
     classes = _leading_dim(state, "head.weight") if "head.weight" in state else None
 
-    from keras_poolformer.models import MODEL_CONFIGS
+    from keras_poolformer import poolformer_table
 
     variant = next(
         (
             key
-            for key, config in MODEL_CONFIGS.items()
+            for key, config in poolformer_table.variant_configs().items()
             if tuple(config["depths"]) == tuple(depths) and tuple(config["dims"]) == tuple(dims)
         ),
         None,

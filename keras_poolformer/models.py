@@ -452,7 +452,8 @@ def _hybrid_state(key, weights, include_top, classes, input_shape, name):
     """The official-layout state dict of hybrid ``key`` from ``weights`` ("imagenet", a
     ``.weights.h5`` file: ``None``, or a checkpoint), checked against the model about to
     be built."""
-    from keras_poolformer.convert import hybrids, read_checkpoint
+    from keras_poolformer.convert import hybrids
+    from keras_poolformer.convert.reader import read_checkpoint
 
     if weights == "imagenet":
         state = pretrained.read_state(pretrained.fetch(pretrained.hybrid_release(key)))
@@ -490,7 +491,7 @@ def _named_variant(depths, dims, mlp_ratio, pool_size):
 
 def _read_checkpoint(path, expected, name):
     """Reads a PyTorch / safetensors / npz checkpoint and checks it fits, before building."""
-    from keras_poolformer.convert import describe, infer_architecture, load_official
+    from keras_poolformer.convert.layouts import describe, infer_architecture, load_official
 
     state, layout = load_official(path)
     try:

@@ -57,6 +57,8 @@ import numpy as np
 from keras_poolformer import files, porting
 
 RELEASE_URL = "https://github.com/sail-sg/poolformer/releases/download/v1.0/"
+# Where the MetaFormer baselines' release files are (sail-sg/metaformer's README).
+BASELINES_URL = "https://huggingface.co/sail/dl/resolve/main/"
 MIRROR_ENV = "KERAS_POOLFORMER_MIRROR"
 FILENAMES = {key: f"poolformer_{key}.pth.tar" for key in ("s12", "s24", "s36", "m36", "m48")}
 # sha256 of the release files, where known. Nobody has published them; a user who
@@ -406,7 +408,6 @@ def baseline_release(name, tag="in1k"):
     """The :class:`Release` of the baseline ``name``'s checkpoint ``tag`` (``ValueError``
     listing the tags it has)."""
     from keras_poolformer import registry
-    from keras_poolformer.baselines.family import RELEASE_URL as BASELINES_URL
 
     spec = registry.get(name)
     checkpoint = spec.checkpoint(tag)

@@ -66,7 +66,7 @@ class Size:
     recipe: dict = dataclasses.field(default_factory=dict)
 
 
-RELEASE_URL = "https://huggingface.co/sail/dl/resolve/main/"
+RELEASE_URL = pretrained.BASELINES_URL
 
 # The release's checkpoint names after the model's, with the tags used here and timm's.
 _RELEASES = {
