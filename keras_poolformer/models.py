@@ -353,7 +353,7 @@ def MetaFormer(
             depths, dims, mlp_ratio, classes if include_top else None, input_shape[-1]
         )
         if weights == "imagenet":
-            weights = pretrained.imagenet_weights(variant)  # verified .weights.h5
+            weights = pretrained.imagenet_weights(variant)  # verified official-layout .npz
         if os.fspath(weights).endswith(weights_file.SUFFIX):
             weights_file.check(weights, expected, model_name=name)
         else:

@@ -2,11 +2,13 @@
 
 The only ImageNet weights that exist are the authors' PyTorch release files. The
 first ``weights="imagenet"`` of a variant downloads its file, converts it with the
-torch-free reader (no pickled code runs), and caches the Keras weights under the
-Keras cache folder (``$KERAS_HOME``, else ``~/.keras``)::
+torch-free reader (no pickled code runs), and caches its tensors in the official
+layout, as ``.npz`` (read with ``allow_pickle=False``), under the Keras cache folder
+(``$KERAS_HOME``, else ``~/.keras``); every ``include_top``, ``pooling`` and input
+size of the model loads from it, checked before the model is built::
 
     <cache>/models/keras_poolformer/poolformer_s12.pth.tar       the download
-    <cache>/models/keras_poolformer/poolformer_s12.weights.h5    the converted weights
+    <cache>/models/keras_poolformer/poolformer_s12.npz           the converted tensors
     <cache>/models/keras_poolformer/poolformer_s12.json          their sha256 record
 
 Later loads read the cache with no network and no reconversion, after checking the
@@ -140,8 +142,7 @@ class Release:
             ``"caformer/caformer_s18_384.pth"``); a mirror serves the same path.
         release_url: the release base URL.
         title: for messages (``"PoolFormer-S12"``, ``"CAFormerS18 (in1k)"``).
-        suffix: the converted file's suffix: ``".weights.h5"`` (PoolFormer v1) or
-            ``".npz"`` (an official-layout state dict, the baselines and hybrids).
+        suffix: the converted file's suffix, ``".npz"`` (an official-layout state dict).
         convert: ``convert(source, converted)`` writes the converted file (to a
             temporary path given as ``converted``), raising on a bad source.
         sha256: the release file's pinned sha256, where known.
@@ -298,9 +299,15 @@ def _first_line(error):
 
 def _convert_v1(variant):
     def convert(source, converted):
-        from keras_poolformer.convert import convert_checkpoint
+        from keras_poolformer import poolformer_table
+        from keras_poolformer.convert.layouts import to_official
+        from keras_poolformer.convert.reader import read_checkpoint
 
-        convert_checkpoint(source, converted, variant=variant)
+        state, _ = to_official(read_checkpoint(source))
+        config = poolformer_table.variant_configs()[variant]
+        expected = porting.official_shapes(config["depths"], config["dims"])
+        porting.check_state_dict(state, expected, f"PoolFormer-{variant.upper()}")
+        _write_npz({k: state[k] for k in expected}, converted)
 
     return convert
 
@@ -313,15 +320,15 @@ def _v1_release(variant):
         relative=FILENAMES[variant],
         release_url=RELEASE_URL,
         title=f"PoolFormer-{variant.upper()}",
-        suffix=".weights.h5",
+        suffix=".npz",
         convert=_convert_v1(variant),
         sha256=SHA256.get(variant),
     )
 
 
 def imagenet_weights(variant):
-    """Path of the verified Keras ImageNet weights of ``variant`` ("s12"...),
-    downloading and converting them on first use.
+    """Path of the verified ImageNet weights of ``variant`` ("s12"...), an
+    official-layout ``.npz``, downloading and converting them on first use.
 
     Safe to call from several processes at once: one fetches, the others wait for it.
 

@@ -448,7 +448,7 @@ def test_another_variant_gives_a_short_error_naming_both(tmp_path, monkeypatch):
     path = tmp_path / "m36.pth"
     path.write_bytes(b"")  # read through the patched reader below
     monkeypatch.setattr(
-        "keras_poolformer.convert.load_official", lambda p: (_m36_state(), "official")
+        "keras_poolformer.convert.layouts.load_official", lambda p: (_m36_state(), "official")
     )
     with pytest.raises(ValueError) as info:
         kp.PoolFormerS12(weights=path)

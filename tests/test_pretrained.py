@@ -90,7 +90,7 @@ def test_first_load_downloads_and_converts_second_load_asks_nothing(mirror):
     torch_model, _ = reference("s12")
     model = kp.PoolFormerS12(weights="imagenet", classifier_activation=None)
     assert mirror.requests == ["/" + FILENAME]
-    assert cache_files() == sorted([FILENAME, "poolformer_s12.json", "poolformer_s12.weights.h5"])
+    assert cache_files() == sorted([FILENAME, "poolformer_s12.json", "poolformer_s12.npz"])
 
     pixels = imagenet_val_images(4, (224, 224))
     theirs = reference_logits(torch_model, torchvision_normalize(pixels))
@@ -116,13 +116,13 @@ def test_truncated_download_is_an_error_and_leaves_nothing(mirror):
 
 def test_corrupted_cache_is_an_error_and_never_loads(mirror):
     kp.PoolFormerS12(weights="imagenet")
-    converted = os.path.join(pretrained.cache_dir(), "poolformer_s12.weights.h5")
+    converted = os.path.join(pretrained.cache_dir(), "poolformer_s12.npz")
     with open(converted, "r+b") as f:  # flip bytes in the middle of the weights
         f.seek(os.path.getsize(converted) // 2)
         f.write(b"\x00\x01\x02\x03" * 16)
     with pytest.raises(ValueError, match="corrupted: sha256"):
         kp.PoolFormerS12(weights="imagenet")
-    assert "poolformer_s12.weights.h5" not in cache_files()
+    assert "poolformer_s12.npz" not in cache_files()
     # The next load converts again from the verified download, without the network.
     mirror.requests.clear()
     kp.PoolFormerS12(weights="imagenet")
@@ -152,7 +152,7 @@ def test_file_mirror_works(served, tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.setenv(pretrained.MIRROR_ENV, root.as_uri())
     kp.PoolFormerS12(weights="imagenet")
-    assert "poolformer_s12.weights.h5" in cache_files()
+    assert "poolformer_s12.npz" in cache_files()
 
 
 def test_offline_without_cache_says_what_to_download_and_where(tmp_path, monkeypatch):
@@ -258,4 +258,4 @@ def test_two_processes_racing_on_a_first_load_both_succeed(mirror, tmp_path):
     assert mirror.requests == ["/" + FILENAME]
     assert sum("Waiting for another process" in "".join(err) for err in stderr) == 1
     np.testing.assert_array_equal(np.load(tmp_path / "head0.npy"), np.load(tmp_path / "head1.npy"))
-    assert cache_files() == sorted([FILENAME, "poolformer_s12.json", "poolformer_s12.weights.h5"])
+    assert cache_files() == sorted([FILENAME, "poolformer_s12.json", "poolformer_s12.npz"])
