@@ -122,15 +122,23 @@ def zoo_table(families):
     parameters, MACs at 224, and its released checkpoints with their published
     ImageNet-1k top-1."""
     lines = [
-        "| model | params | MACs (224) | checkpoints: `weights=` tag (top-1 %) |",
-        "|---|---|---|---|",
+        "| family | model | params | MACs (224) | eval crop | checkpoints: `weights=` tag "
+        "(top-1 %) |",
+        "|---|---|---|---|---|---|",
     ]
     for family in families:
         for spec in family_models(family):
-            tags = ", ".join(
-                f"`{c.tag}` ({c.top1})" if c.top1 is not None else f"`{c.tag}` (21k classes)"
-                for c in spec.checkpoints
-            )
+            tags = ", ".join(f"`{c.tag}` ({_accuracy(c)})" for c in spec.checkpoints)
             params, macs = f"{spec.params / 1e6:.1f}M", f"{spec.macs / 1e9:.1f}G"
-            lines.append(f"| `{spec.constructor}` | {params} | {macs} | {tags} |")
+            crops = "/".join(sorted({f"{c.crop_pct:g}" for c in spec.checkpoints}))
+            lines.append(
+                f"| {family} | `{spec.constructor}` | {params} | {macs} | {crops} | {tags} |"
+            )
     return "\n".join(lines)
+
+
+def _accuracy(checkpoint):
+    """A checkpoint's published top-1 for the zoo table, or what stands in for it."""
+    if checkpoint.classes != 1000:
+        return f"{checkpoint.classes:,} classes"
+    return "—" if checkpoint.top1 is None else f"{checkpoint.top1}"
