@@ -377,6 +377,10 @@ def _fetch_and_convert(release):
     }
     with files.atomic_path(_record_path(release)) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=2)
+    # Releases converted before the official-layout .npz cache kept Keras weights; the
+    # record that vouched for them is replaced above, so they go.
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(cache_dir(), release.stem + ".weights.h5"))
     return converted
 
 

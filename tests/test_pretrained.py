@@ -259,3 +259,18 @@ def test_two_processes_racing_on_a_first_load_both_succeed(mirror, tmp_path):
     assert sum("Waiting for another process" in "".join(err) for err in stderr) == 1
     np.testing.assert_array_equal(np.load(tmp_path / "head0.npy"), np.load(tmp_path / "head1.npy"))
     assert cache_files() == sorted([FILENAME, "poolformer_s12.json", "poolformer_s12.npz"])
+
+
+def test_a_cache_from_before_the_npz_format_converts_again_and_drops_the_old_file(mirror):
+    # Earlier releases of this library cached PoolFormer v1 as Keras .weights.h5 next to
+    # the download: the download is reused (no request) and the old file goes.
+    kp.PoolFormerS12(weights="imagenet")
+    folder = pretrained.cache_dir()
+    os.remove(os.path.join(folder, "poolformer_s12.npz"))
+    old = os.path.join(folder, "poolformer_s12.weights.h5")
+    with open(old, "wb") as f:
+        f.write(b"converted by an earlier version")
+    mirror.requests.clear()
+    kp.PoolFormerS12(weights="imagenet")
+    assert mirror.requests == []
+    assert cache_files() == sorted([FILENAME, "poolformer_s12.json", "poolformer_s12.npz"])
