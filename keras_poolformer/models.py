@@ -61,6 +61,23 @@ def _validate_input_shape(input_shape, include_top, include_preprocessing):
     return shape
 
 
+def validate_top(include_top, pooling, classes, classifier_activation):
+    """Checks the Keras Applications arguments about the model's end (``pooling``, and
+    with the top ``classes`` and ``classifier_activation``); ``ValueError`` naming the
+    bad one."""
+    if pooling not in POOLING_CHOICES:
+        raise ValueError(f"pooling must be one of {POOLING_CHOICES}, got {pooling!r}.")
+    if include_top and (not isinstance(classes, int) or classes < 1):
+        raise ValueError(f"classes must be a positive integer, got {classes!r}.")
+    if include_top and classifier_activation is not None:
+        try:
+            keras.activations.get(classifier_activation)
+        except ValueError:
+            raise ValueError(
+                f"classifier_activation {classifier_activation!r} is not a Keras activation."
+            ) from None
+
+
 def image_inputs(input_tensor, input_shape, include_preprocessing):
     """The model's image input (from ``input_tensor`` when given) and, after the
     optional in-model normalisation, the tensor the stem starts from."""
@@ -275,17 +292,7 @@ def MetaFormer(
     fixed_size = bool(position_embeddings) or any(
         spec["type"] in mixers.FIXED_SIZE_MIXERS for spec in specs
     )
-    if pooling not in POOLING_CHOICES:
-        raise ValueError(f"pooling must be one of {POOLING_CHOICES}, got {pooling!r}.")
-    if include_top and (not isinstance(classes, int) or classes < 1):
-        raise ValueError(f"classes must be a positive integer, got {classes!r}.")
-    if include_top and classifier_activation is not None:
-        try:
-            keras.activations.get(classifier_activation)
-        except ValueError:
-            raise ValueError(
-                f"classifier_activation {classifier_activation!r} is not a Keras activation."
-            ) from None
+    validate_top(include_top, pooling, classes, classifier_activation)
     if not 0.0 <= drop_path_rate < 1.0:
         raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
     if weights is not None and not isinstance(weights, (str, os.PathLike)):

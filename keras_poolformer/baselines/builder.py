@@ -22,10 +22,10 @@ from keras_poolformer.baselines import layout
 from keras_poolformer.baselines.layers import MIXERS, NORMS, BaselineBlock, MlpHead, make_norm
 from keras_poolformer.models import (
     DEFAULT_SIZE,
-    POOLING_CHOICES,
     _validate_input_shape,
     image_inputs,
     model_inputs,
+    validate_top,
 )
 
 HEADS = ("linear", "mlp")
@@ -142,17 +142,7 @@ def MetaFormerBaseline(
         raise ValueError("head_dropout applies to the MLP head only (head='mlp').")
     if not 0.0 <= drop_path_rate < 1.0:
         raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
-    if pooling not in POOLING_CHOICES:
-        raise ValueError(f"pooling must be one of {POOLING_CHOICES}, got {pooling!r}.")
-    if include_top and (not isinstance(classes, int) or classes < 1):
-        raise ValueError(f"classes must be a positive integer, got {classes!r}.")
-    if include_top and classifier_activation is not None:
-        try:
-            keras.activations.get(classifier_activation)
-        except ValueError:
-            raise ValueError(
-                f"classifier_activation {classifier_activation!r} is not a Keras activation."
-            ) from None
+    validate_top(include_top, pooling, classes, classifier_activation)
     release = weights if isinstance(weights, pretrained.Release) else None
     if weights is not None and release is None:
         _check_weights_argument(weights)
