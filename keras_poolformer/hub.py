@@ -24,6 +24,7 @@ import keras
 import keras_hub
 
 from keras_poolformer import baselines, models, registry
+from keras_poolformer.layers import ImageNormalization
 
 _PACKAGE = "keras_poolformer"
 LEVELS = ("P2", "P3", "P4", "P5")
@@ -169,3 +170,62 @@ def backbone_from_model(model, spec_name=None, image_shape=None):
     backbone = MetaFormerBackbone(name, image_shape=shape)
     copy_weights_by_name(model, backbone, f"model {model.name!r} into a {name} backbone")
     return backbone
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ResNetBackbone(keras_hub.models.FeaturePyramidBackbone):
+    """KerasHub's ResNet (basic blocks, ResNet-18's layout by default) taking RGB pixels in
+    0..255 as our backbones do: ImageNet's mean and std are applied inside, then
+    ``keras_hub.models.ResNetBackbone`` built from its constructor (no preset download).
+
+    The side-by-side baseline of the dense-prediction runs: ``dims=(64, 64, 128, 256)``
+    is ResNet-18's layout at 2.9M parameters, the size of the README's Imagenette
+    PoolFormer (KerasHub fixes the first stage at 64 channels).
+
+    Args:
+        dims: channels of the four stages (the stem has ``dims[0]``, which KerasHub
+            requires to be 64).
+        depths: basic blocks per stage (ResNet-18: 2, 2, 2, 2; ResNet-34: 3, 4, 6, 3).
+        image_shape: ``(height, width, 3)``.
+        dtype: the dtype policy of the layers.
+
+    Example:
+    >>> backbone = keras_poolformer.hub.ResNetBackbone(dims=(64, 64, 128, 256))
+    >>> sorted(backbone.pyramid_outputs)
+    ['P2', 'P3', 'P4', 'P5']
+    """
+
+    def __init__(
+        self,
+        dims=(64, 128, 256, 512),
+        depths=(2, 2, 2, 2),
+        image_shape=(None, None, 3),
+        dtype=None,
+        **kwargs,
+    ):
+        if len(dims) != 4 or len(depths) != 4:
+            raise ValueError(f"dims and depths need 4 numbers each, got {dims!r}, {depths!r}.")
+        kwargs.setdefault("name", "resnet_backbone")
+        resnet = keras_hub.models.ResNetBackbone(
+            input_conv_filters=[dims[0]],
+            input_conv_kernel_sizes=[7],
+            stackwise_num_filters=list(dims),
+            stackwise_num_blocks=list(depths),
+            stackwise_num_strides=[1, 2, 2, 2],
+            block_type="basic_block",
+            image_shape=tuple(image_shape),
+            name="resnet",
+        )
+        pyramid = keras.Model(resnet.inputs, resnet.pyramid_outputs, name="resnet_pyramid")
+        images = keras.Input(tuple(image_shape), name="images")
+        features = pyramid(ImageNormalization(name="normalize")(images))
+        super().__init__(inputs=images, outputs=features["P5"], dtype=dtype, **kwargs)
+        self.pyramid_outputs = {level: features[level] for level in LEVELS}
+        self.dims = tuple(dims)
+        self.depths = tuple(depths)
+        self.image_shape = tuple(image_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(dims=self.dims, depths=self.depths, image_shape=self.image_shape)
+        return config
