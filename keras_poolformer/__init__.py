@@ -136,3 +136,15 @@ __all__ = [
     "preprocess_input",
     "registry",
 ]
+
+# KerasHub's backbone and tasks (keras_poolformer.hub, keras_poolformer.presets): importing
+# them registers the classes, so that keras_hub's from_preset finds them. Skipped only
+# where keras_hub itself is not installed.
+try:
+    import keras_hub as _keras_hub  # noqa: F401
+except ImportError:
+    pass
+else:
+    from keras_poolformer import hub, presets  # noqa: E402
+
+    __all__ += ["hub", "presets"]

@@ -344,7 +344,8 @@ def _cosine(a, b):
 
 
 def export(args):
-    """Writes the SavedModel (and TFLite / ONNX), then checks each against Keras."""
+    """Writes the SavedModel, the KerasHub preset, TFLite and ONNX asked for (each on its
+    own or together), then checks each against Keras."""
     import glob
 
     import numpy as np
@@ -353,6 +354,13 @@ def export(args):
     import keras_poolformer as kp
     from keras_poolformer import export as export_lib
 
+    deploy = args.saved_model or args.tflite or args.onnx
+    if not (deploy or args.preset):
+        raise ValueError("export needs at least one of --saved-model, --preset, --tflite, --onnx.")
+    if args.preset:
+        from keras_poolformer import presets
+
+        presets.check_destination(args.preset)  # before the model is built
     _check_images(args.images)
     if args.calibration and not os.path.isdir(args.calibration):
         raise ValueError(f"calibration folder '{args.calibration}' does not exist.")
@@ -363,7 +371,7 @@ def export(args):
     )
     model, class_names, size, crop_pct = _classifier(args)
     reference = export_lib.logits_model(model)
-    deployed = export_lib.fold(reference) if args.fold else reference
+    deployed = export_lib.fold(reference) if args.fold and deploy else reference
     paths = list(args.images or [])
     if args.calibration:
         found = sorted(
@@ -378,16 +386,32 @@ def export(args):
     keras_logits = reference.predict(images, verbose=0) if images is not None else None
     rows = []
 
-    directory = export_lib.export_saved_model(
-        deployed, args.saved_model, args.version, class_names, crop_pct, image_limits=limits
-    )
-    print(f"SavedModel: {directory} (signatures serving_default, predict_pixels; warm-up requests)")
-    if images is not None:
-        served = tf.saved_model.load(directory).signatures["serving_default"]
-        encoded = [tf.io.read_file(p) for p in paths]
-        probs = served(image_bytes=tf.stack(encoded))["probabilities"].numpy()
-        keras_probs = tf.nn.softmax(keras_logits).numpy()
-        rows.append(("SavedModel (JPEG bytes in)", probs, keras_probs, None))
+    if args.saved_model:
+        directory = export_lib.export_saved_model(
+            deployed, args.saved_model, args.version, class_names, crop_pct, image_limits=limits
+        )
+        print(
+            f"SavedModel: {directory} (signatures serving_default, predict_pixels; "
+            "warm-up requests)"
+        )
+        if images is not None:
+            served = tf.saved_model.load(directory).signatures["serving_default"]
+            encoded = [tf.io.read_file(p) for p in paths]
+            probs = served(image_bytes=tf.stack(encoded))["probabilities"].numpy()
+            keras_probs = tf.nn.softmax(keras_logits).numpy()
+            rows.append(("SavedModel (JPEG bytes in)", probs, keras_probs, None))
+    if args.preset:
+        directory = presets.save_preset(model, args.preset, crop_pct=crop_pct, image_size=size)
+        print(
+            f"KerasHub preset: {directory} (image size {size}, crop {crop_pct:g}; "
+            "keras_hub.models.ImageClassifier.from_preset)"
+        )
+        if images is not None:
+            import keras_hub
+
+            loaded = keras_hub.models.ImageClassifier.from_preset(directory)
+            logits = np.asarray(loaded(images))
+            rows.append(("KerasHub preset (reloaded)", logits, keras_logits, None))
     if args.tflite:
         size_bytes = export_lib.export_tflite(deployed, args.tflite, args.quantize, calibration)
         print(f"TFLite ({args.quantize}): {args.tflite}, {size_bytes / 1e6:.1f} MB")
@@ -548,7 +572,9 @@ def build_parser():
     p.add_argument("--smoke", action="store_true", help="shrink the config to a few steps")
     p.set_defaults(handler=train)
 
-    p = commands.add_parser("export", help="SavedModel for TF Serving, TFLite and ONNX, checked")
+    p = commands.add_parser(
+        "export", help="SavedModel for TF Serving, KerasHub preset, TFLite and ONNX, checked"
+    )
     p.add_argument("--model", choices=names, metavar="NAME", default="s12", help="any model name")
     p.add_argument(
         "--weights",
@@ -557,7 +583,8 @@ def build_parser():
         "a .weights.h5 or a checkpoint",
     )
     p.add_argument("--run", help="export a training output folder's model instead")
-    p.add_argument("--saved-model", required=True, help="base folder; writes DIR/<version>/")
+    p.add_argument("--saved-model", help="base folder; writes DIR/<version>/")
+    p.add_argument("--preset", metavar="DIR", help="write a KerasHub preset folder (new or empty)")
     p.add_argument("--version", type=int, default=1)
     p.add_argument("--tflite", help="also write a TFLite file")
     p.add_argument("--quantize", choices=["none", "fp16", "dynamic", "int8"], default="none")
