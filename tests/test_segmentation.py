@@ -279,6 +279,34 @@ def test_init_from_classifier_weights(camvid_source, tmp_path):
     assert checked > 5
 
 
+def test_init_from_classification_run_folder(camvid_source, tmp_path):
+    import dataclasses
+
+    from keras_poolformer.training import trainer
+
+    if not hasattr(TINY, "task"):
+        pytest.skip("Config has no task field yet: load_run cannot rebuild a classifier")
+    config = TINY.replace(task="classification")
+    keras.utils.set_random_seed(5)
+    classifier = trainer.build_model(config, 4)
+    run = tmp_path / "run"
+    run.mkdir()
+    classifier.save_weights(str(run / "final.weights.h5"))
+    saved = {**dataclasses.asdict(config), "data": "synthetic", "init": None}
+    (run / "config.json").write_text(json.dumps(saved))
+    (run / "classes.json").write_text(json.dumps(["a", "b", "c", "d"]))
+    model = seg.SegmentationTask().build_model(TINY, camvid_source, init=str(run))
+    layer = next(
+        layer for layer in model.backbone.image_encoder.layers if len(layer.get_weights()) == 2
+    )
+    for ours, theirs in zip(
+        layer.get_weights(), classifier.get_layer(layer.name).get_weights(), strict=True
+    ):
+        np.testing.assert_array_equal(ours, theirs)
+    with pytest.raises(ValueError, match="neither"):
+        seg.SegmentationTask().build_model(TINY, camvid_source, init=str(tmp_path / "nothing"))
+
+
 def test_one_gradient_step_is_finite(tiny_model, camvid_source):
     task = seg.SegmentationTask()
     images, masks = next(iter(task.train_dataset(camvid_source.train, TINY, 0, 2, 1)))
@@ -389,6 +417,10 @@ def test_exported_saved_model_answers_jpeg_bytes_in_a_fresh_process(
         out = serve(image_bytes=data)
         np.save({str(tmp_path / "map.npy")!r}, out["class_map"].numpy())
         assert out["probabilities"].shape == (360, 480, 11), out["probabilities"].shape
+        # Other sizes: smaller than the canvas (padded), larger (resized to fit and back).
+        for shape in [(100, 150, 3), (500, 900, 3)]:
+            png = tf.io.encode_png(tf.fill(shape, tf.constant(90, tf.uint8)))
+            assert serve(image_bytes=png)["class_map"].shape == shape[:2]
         # (TensorFlow itself imports parts of keras; our code and KerasHub stay out.)
         assert not any(m.startswith(("keras_poolformer", "keras_hub")) for m in sys.modules)
         """

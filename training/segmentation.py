@@ -215,7 +215,9 @@ def _values_in_range(masks, num_classes, ignore_index):
             values = sorted(set(np.unique(mask[bad]).tolist()))
             raise ValueError(
                 f"mask '{path}' holds class value(s) {values}: there are {num_classes} "
-                f"classes (0..{num_classes - 1}) and the ignore index is {ignore_index}."
+                f"classes (0..{num_classes - 1}) and the ignore index is {ignore_index} "
+                "(without classes.txt the folder is read as CamVid's 11 classes; name the "
+                "classes, one a line, in classes.txt)."
             )
 
 
@@ -376,7 +378,10 @@ def build_segmenter(config, num_classes):
         upsampling_size=8,
     )
     model = keras_hub.models.DeepLabV3ImageSegmenter(
-        backbone=backbone, num_classes=num_classes, activation=None
+        backbone=backbone,
+        num_classes=num_classes,
+        activation=None,
+        name=f"deeplabv3plus_{config.model}",
     )
     _freeze_unused(backbone.image_encoder)
     return model
