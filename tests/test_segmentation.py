@@ -252,6 +252,22 @@ def test_model_outputs_logits_at_input_resolution(tiny_model):
     assert not np.allclose(sums, 1.0)  # not softmax probabilities
 
 
+def test_cheaper_logits_equal_the_models(tiny_model):
+    images = tf.constant(np.random.default_rng(1).uniform(0, 255, (1, 96, 128, 3)), tf.float32)
+    fast = seg.logits_function(tiny_model)
+    assert fast is not tiny_model
+    expected = tiny_model(images, training=False).numpy()
+    got = fast(images, training=False).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max())
+    # Training mode goes through the same layers: batch norm statistics move.
+    norm = tiny_model.backbone.get_layer("segmentation_head_norm")
+    before = norm.moving_mean.numpy().copy()
+    fast(images, training=True)
+    moved = not np.allclose(before, norm.moving_mean.numpy())
+    norm.moving_mean.assign(before)
+    assert moved
+
+
 def test_resnet18_segmenter(camvid_source):
     config = TINY.replace(model="resnet18", depths=(), dims=(64, 64, 128, 256))
     model = seg.SegmentationTask().build_model(config, camvid_source)
