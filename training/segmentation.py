@@ -24,9 +24,10 @@ with its path in the ``ValueError``; the result is kept in ``cache_dir`` (keyed 
 file's path, size and modification time) so a resumed run does not re-read them.
 
 Sizes: training takes square crops of ``config.image_size`` pixels a side (a multiple of
-32). Evaluation, prediction and the exported model take each image whole at its own
-size, reflect-padded at the bottom and right to a multiple of 32 (CamVid's 360x480 runs
-at 384x480); the padding's predictions are cut off and its pixels never counted. The
+32). Evaluation and prediction take each image whole at its own size, reflect-padded
+at the bottom and right to a multiple of 32 (CamVid's 360x480 runs at 384x480); the
+padding's predictions are cut off and its pixels never counted. The exported SavedModel
+runs on a fixed canvas, 384x480 by default (see :func:`export_saved_model`). The
 model is therefore built with an input of any size, ``(None, None, 3)``: the registry's
 models with position embeddings or a random / spatial-MLP mixer, which need a fixed
 size, are not supported here.
