@@ -1,4 +1,5 @@
-"""The project's own promises: CI runs the README's test command."""
+"""The project's own promises: CI runs the README's test command, the README's model
+table is the registry's, and the README and docs/ link only to files that exist."""
 
 import re
 from pathlib import Path
@@ -32,6 +33,61 @@ def test_readme_zoo_table_is_the_registry():
     families = ["poolformer", "metaformer", *baselines.FAMILIES]
     assert sorted(families) == sorted({spec.family for spec in registry.MODELS.values()})
     assert registry.zoo_table(families) in (ROOT / "README.md").read_text()
+
+
+# --- the documentation ------------------------------------------------------------------
+# README.md keeps the quick start, the model table and links; each topic is a page of docs/.
+DOC_PAGES = ("models", "exactness", "weights", "training", "dense", "deployment", "performance",
+             "layout")  # fmt: skip
+# [text](target) and ![alt](target), the target up to the first space or closing bracket
+# (a link's optional "title" after a space is not part of it).
+_LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+[^)]*)?\)")
+
+
+def markdown_files():
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def broken_links(markdown, folder):
+    """The relative link and image targets of ``markdown`` (text of a file in ``folder``)
+    that name no existing file or folder; web links, mail links and pure anchors are not
+    checked, and a target's ``#anchor`` or ``?query`` is cut off first."""
+    broken = []
+    for target in _LINK.findall(markdown):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target, re.I) or target.startswith("#"):
+            continue
+        path = re.split(r"[#?]", target, maxsplit=1)[0]
+        if not (folder / path).exists():
+            broken.append(target)
+    return broken
+
+
+def test_link_checker_finds_a_broken_path(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "here.png").write_bytes(b"")
+    text = (
+        "[ok](../here.png) ![img](../here.png#x) [web](https://example.com/none) [a](#top) "
+        "[gone](../missing.md) ![gone too](here.png) [dir](../docs/)"
+    )
+    assert broken_links(text, tmp_path / "docs") == ["../missing.md", "here.png"]
+
+
+def test_every_relative_link_and_image_exists():
+    problems = {
+        str(path.relative_to(ROOT)): broken
+        for path in markdown_files()
+        if (broken := broken_links(path.read_text(), path.parent))
+    }
+    assert not problems, f"links to missing files: {problems}"
+
+
+def test_readme_links_every_docs_page_and_each_page_links_back():
+    readme = (ROOT / "README.md").read_text()
+    pages = sorted(path.stem for path in (ROOT / "docs").glob("*.md"))
+    assert pages == sorted(DOC_PAGES)
+    for page in DOC_PAGES:
+        assert f"](docs/{page}.md)" in readme, f"README.md does not link docs/{page}.md"
+        assert "](../README.md)" in (ROOT / "docs" / f"{page}.md").read_text()
 
 
 # --- import cycles ----------------------------------------------------------------------
