@@ -296,3 +296,61 @@ def test_saved_model_serves_jpeg_bytes_without_our_code(source, scoring_model, t
             np.array(served["boxes"][i][:count]).reshape(-1, 4), want["boxes"], atol=1e-3
         )
         np.testing.assert_allclose(np.array(served["scores"][i][:count]), want["scores"], atol=1e-5)
+
+
+# --- other backbones and initialisation ---------------------------------------------------
+
+
+def test_resnet18_takes_pixels_and_trains(source):
+    config = TINY.replace(model="resnet18", depths=(), dims=(64, 64, 128, 256))
+    task = detection.DetectionTask()
+    built = task.build_model(config, source)
+    encoder = built.backbone.image_encoder
+    pixels = np.random.default_rng(0).uniform(0, 255, (1, 128, 128, 3)).astype(np.float32)
+    mean, std = np.array(detection.IMAGENET_MEAN), np.array(detection.IMAGENET_STD)
+    by_hand = encoder.resnet((pixels - mean) / std)
+    np.testing.assert_allclose(encoder(pixels), by_hand, rtol=1e-4, atol=1e-4)
+    images, targets = next(iter(task.train_dataset(small(source.train, 4), config, 0, 2, 1)))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(task.loss(built, images, targets))
+    grads = tape.gradient(loss, built.trainable_variables)
+    assert np.isfinite(float(loss)) and all(g is not None for g in grads)
+    with pytest.raises(ValueError, match="first stage at 64"):
+        task.build_model(config.replace(dims=(32, 64, 128, 256)), source)
+
+
+def test_init_copies_a_classifiers_trunk(source, tmp_path):
+    """A classifier's .weights.h5, or its run folder (trainer.load_run), fills the
+    backbone by layer name; the detection heads stay as initialised."""
+    import dataclasses
+    import json
+
+    import keras
+
+    from keras_poolformer.training import trainer
+
+    keras.utils.set_random_seed(3)
+    classifier = trainer.build_model(TINY.replace(image_size=64), 10)
+    classifier.save_weights(tmp_path / "final.weights.h5")
+    (tmp_path / "config.json").write_text(
+        json.dumps({**dataclasses.asdict(TINY), "image_size": 64, "data": "synthetic"})
+    )
+    (tmp_path / "classes.json").write_text(json.dumps([str(i) for i in range(10)]))
+    task = detection.DetectionTask()
+    fresh = task.build_model(TINY, source)
+    for init in (str(tmp_path / "final.weights.h5"), str(tmp_path)):
+        built = task.build_model(TINY, source, init=init)
+        encoder = built.backbone.image_encoder
+        for name in ("stem", "stage3_block0"):
+            for ours, theirs in zip(
+                encoder.get_layer(name).get_weights(),
+                classifier.get_layer(name).get_weights(),
+                strict=True,
+            ):
+                np.testing.assert_array_equal(ours, theirs)
+        prior = built.classification_head.prediction_layer.bias.numpy()
+        np.testing.assert_array_equal(prior, fresh.classification_head.prediction_layer.bias)
+    with pytest.raises(ValueError, match="registry's trunks"):
+        task.build_model(TINY, source, init="imagenet")
+    with pytest.raises(ValueError, match="expected 'imagenet'"):
+        task.build_model(TINY, source, init=str(tmp_path / "nothing.h5"))

@@ -264,7 +264,8 @@ def _trunk_name(config):
 def resnet18_backbone(image_size, dims=None):
     """ResNet-18 (basic blocks, [2, 2, 2, 2], strides [1, 2, 2, 2], 7x7 input conv) as a
     KerasHub ``ResNetBackbone`` built from its constructor (no preset download), with the
-    widths ``dims`` (default 64, 128, 256, 512; the input conv has ``dims[0]``).
+    stage widths ``dims`` (default 64, 128, 256, 512). KerasHub requires ``dims[0] == 64``
+    (the input conv's width), so a narrower ResNet-18 narrows the later stages only.
 
     KerasHub's ResNet expects pixels already scaled and normalised (its image converter
     does it); here a ``Normalization`` layer with ImageNet's mean and std on 0..255 comes
@@ -273,6 +274,13 @@ def resnet18_backbone(image_size, dims=None):
     dims = tuple(dims) if dims else (64, 128, 256, 512)
     if len(dims) != 4:
         raise ValueError(f"resnet18 needs 4 dims, got {dims!r}.")
+    if dims[0] != 64:
+        # KerasHub's constructor refuses any other first width (its first stage adds the
+        # input conv's 64 channels to its own by an identity shortcut).
+        raise ValueError(
+            f"resnet18 dims {dims!r}: KerasHub's ResNetBackbone needs the first stage at 64 "
+            "channels; narrow the later stages instead, e.g. (64, 64, 128, 256)."
+        )
     shape = (image_size, image_size, 3)
     resnet = keras_hub.models.ResNetBackbone(
         input_conv_filters=[dims[0]],
@@ -530,8 +538,7 @@ def _detect_function(model):
                 tf.cast(out["num_detections"][0], tf.int32),
             )
 
-        size = images.shape[1]
-        boxes, confidence, labels, count = tf.map_fn(
+        boxes, scores, classes, count = tf.map_fn(
             decode_one,
             (images, outputs["bbox_regression"], outputs["cls_logits"]),
             fn_output_signature=(
@@ -541,21 +548,12 @@ def _detect_function(model):
                 tf.TensorSpec((), tf.int32),
             ),
         )
-        del size
-        decoded = {
-            "boxes": boxes,
-            "confidence": confidence,
-            "labels": labels,
-            "num_detections": count,
-        }
-        boxes = tf.cast(decoded["boxes"], tf.float32)
         boxes = _to_original(boxes, scales[:, None], shapes[:, 0, None], shapes[:, 1, None])
-        count = tf.cast(decoded["num_detections"], tf.int32)
         valid = tf.range(MAX_DETECTIONS)[None, :] < count[:, None]
         return {
             "boxes": tf.where(valid[..., None], boxes, -1.0),
-            "scores": tf.where(valid, tf.cast(decoded["confidence"], tf.float32), -1.0),
-            "classes": tf.where(valid, tf.cast(decoded["labels"], tf.int32), -1),
+            "scores": tf.where(valid, scores, -1.0),
+            "classes": tf.where(valid, classes, -1),
             "num_detections": count,
         }
 
