@@ -528,7 +528,12 @@ def test_gradient_accumulation_computes_the_full_batch_update(tmp_path):
     for accum in (1, 2):
         config = configs.get_config("demo", [*base, f"accum_steps={accum}", "drop_path_rate=0.0"])
         trainer.train(config, spec, str(tmp_path / f"accum{accum}"), log=lambda *a: None)
-    assert_same_weights(final_weights(tmp_path / "accum1"), final_weights(tmp_path / "accum2"))
+    # The two sum the gradients in another order; Adam divides by sqrt(v), which magnifies
+    # that rounding where a gradient is tiny: up to 1.3e-5 seen after 4 steps on an AVX2
+    # machine (one weight in 27,648). Other images or augmentations differ by far more.
+    assert_same_weights(
+        final_weights(tmp_path / "accum1"), final_weights(tmp_path / "accum2"), atol=5e-5
+    )
 
 
 def test_mixed_precision_and_xla_agree_with_float32(tmp_path):

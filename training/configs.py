@@ -31,8 +31,13 @@ from keras_poolformer.training import augment
 class Config:
     """One experiment. The docstring of each registered config says how it was run."""
 
+    # What is learnt: "classification", or "detection" / "segmentation" with the model
+    # below as the backbone (keras_poolformer.training.tasks).
+    task: str = "classification"
     # A variant, a hybrid (ppaa_s12...), a baseline (caformer_s18...), or "custom" with
     # depths/dims below; a baseline with depths/dims keeps its family's parts on that trunk.
+    # "resnet18": KerasHub's ResNet (keras_poolformer.hub.ResNetBackbone), dims optional,
+    # the dense-prediction runs' side-by-side backbone.
     model: str = "s12"
     depths: tuple = ()
     dims: tuple = ()
@@ -102,12 +107,19 @@ class Config:
                 f"{self.accum_steps})"
             )
         known = {**MODEL_CONFIGS, **HYBRID_CONFIGS, **BASELINES}
-        if self.model != "custom" and self.model not in known:
+        if self.model not in ("custom", "resnet18") and self.model not in known:
             problems.append(
                 f"model={self.model!r} (must be a variant ({', '.join(MODEL_CONFIGS)}), a "
-                f"hybrid ({', '.join(HYBRID_CONFIGS)}), a baseline ({', '.join(BASELINES)}) "
-                "or 'custom')"
+                f"hybrid ({', '.join(HYBRID_CONFIGS)}), a baseline ({', '.join(BASELINES)}), "
+                "'custom' or 'resnet18')"
             )
+        if self.model == "resnet18" and self.dims and (len(self.dims) != 4 or self.dims[0] != 64):
+            problems.append(
+                f"dims={self.dims!r} (model 'resnet18' takes none or 4 numbers, the first 64: "
+                "KerasHub's ResNet fixes its first stage at 64 channels)"
+            )
+        if self.task != "classification":
+            problems += _dense_problems(self)
         if self.model in BASELINES:
             problems += _baseline_problems(self)
         elif self.head_dropout:
@@ -128,6 +140,30 @@ class Config:
         if problems:
             raise ValueError(f"invalid training config: {'; '.join(problems)}.")
         return self
+
+
+# What the dense-prediction tasks do not use; a value other than "off" would be ignored.
+_CLASSIFICATION_ONLY = {
+    "mixup_alpha": 0.0,
+    "cutmix_alpha": 0.0,
+    "randaugment": "",
+    "random_erasing": 0.0,
+}
+
+
+def _dense_problems(config):
+    """What a detection or segmentation config cannot have."""
+    problems = [
+        f"{name}={getattr(config, name)!r} (must be {off!r}: {config.task} does not use it)"
+        for name, off in _CLASSIFICATION_ONLY.items()
+        if getattr(config, name) != off
+    ]
+    if _is_int(config.image_size, 1) and config.image_size % 32:
+        problems.append(
+            f"image_size={config.image_size} (must be a multiple of 32 for {config.task}: the "
+            "backbone's strides)"
+        )
+    return problems
 
 
 def _is_int(value, low, high=None):
@@ -162,6 +198,9 @@ _ALLOWED = {
     "a finite number": lambda v: _is_number(v, -math.inf, None),
     "'float32' or 'mixed'": lambda v: v in ("float32", "mixed"),
     "'adamw' or 'lamb'": lambda v: v in ("adamw", "lamb"),
+    "'classification', 'detection' or 'segmentation'": lambda v: (
+        v in ("classification", "detection", "segmentation")
+    ),
     "true or false": lambda v: isinstance(v, bool),
     "two numbers 0 < low <= high <= 1": lambda v: (
         isinstance(v, tuple | list)
@@ -171,6 +210,7 @@ _ALLOWED = {
     ),
 }
 _RULES = [
+    ("task", "'classification', 'detection' or 'segmentation'"),
     ("image_size", "an integer >= 1"),
     ("epochs", "an integer >= 1"),
     ("batch_size", "an integer >= 1"),
@@ -434,10 +474,64 @@ CONFIGS["demo"] = Config(
 )
 
 
+# Dense prediction on the shared data, with the README's Imagenette PoolFormer as the
+# backbone (PoolFormer-S12's depth at half its width; --init runs/imagenette), and the
+# optimizer of the paper's detection and segmentation runs (AdamW, lr 2e-4, weight decay
+# 1e-4), without its linear scaling, at a batch for 2 CPU cores; warmup, then cosine.
+# The side by side: model=resnet18 dims=64,64,128,256 (ResNet-18's layout at the same
+# 2.9M parameters), pretrained the same way (--config imagenette_cpu model=resnet18 ...).
+_DENSE = dict(
+    model="s12",
+    depths=(2, 2, 6, 2),
+    dims=(32, 64, 160, 256),
+    crop_pct=1.0,
+    warmup_epochs=1,
+    cooldown_epochs=0,
+    batch_size=8,
+    lr_per_1024=2e-4 / 8 * 1024,  # peak 2e-4 at batch 8
+    min_lr=1e-6,
+    weight_decay=1e-4,
+    drop_path_rate=0.0,
+    label_smoothing=0.0,
+    mixup_alpha=0.0,
+    cutmix_alpha=0.0,
+    randaugment="",
+    random_erasing=0.0,
+)
+
+# RetinaNet on ../shared/data/raccoon (first 160 annotations by sorted name train, the
+# last 40 validate), 256 px letterboxed images, flips.
+CONFIGS["raccoon_retinanet"] = Config(
+    task="detection",
+    image_size=256,
+    epochs=24,
+    checkpoint_every=40,
+    eval_every=4,
+    note="keras-poolformer train --config raccoon_retinanet --data voc:../shared/data/"
+    "raccoon --init runs/imagenette --output runs/raccoon",
+    **_DENSE,
+)
+
+# DeepLabV3+ (KerasHub's DeepLabV3 with its P2 decoder) on ../shared/data/camvid (367
+# train, 101 val, 11 classes, label 11 ignored), 256 px crops of scale 0.5-2 jitter,
+# evaluated on the whole 360x480 images.
+CONFIGS["camvid_deeplab"] = Config(
+    task="segmentation",
+    image_size=256,
+    epochs=24,
+    checkpoint_every=100,
+    eval_every=4,
+    note="keras-poolformer train --config camvid_deeplab --data masks:../shared/data/camvid "
+    "--init runs/imagenette --output runs/camvid",
+    **_DENSE,
+)
+
+
 def smoke(config):
     """Shrinks any config to a few steps on small images: for checking a setup end to end."""
     return config.replace(
-        image_size=64,
+        # RetinaNet's coarsest level has stride 128; 64 px is plenty for classification
+        image_size=64 if config.task == "classification" else 128,
         epochs=2,
         warmup_epochs=1,
         cooldown_epochs=0,

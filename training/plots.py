@@ -1,4 +1,4 @@
-"""The training curve of a run as a PNG: loss and validation accuracy per epoch.
+"""The training curve of a run as a PNG: loss and the validation metrics per epoch.
 
 python -m keras_poolformer.training.plots RUN_DIR/log.csv curve.png
 """
@@ -6,10 +6,19 @@ python -m keras_poolformer.training.plots RUN_DIR/log.csv curve.png
 import csv
 import sys
 
+_LABELS = {
+    "val_top1": "val top-1",
+    "val_top5": "val top-5",
+    "val_map50": "val mAP@0.5",
+    "val_map": "val mAP@0.5:0.95",
+    "val_miou": "val mean IoU",
+    "val_pixel_acc": "val pixel accuracy",
+}
+
 
 def plot_log(log_csv, png, title=None):
-    """Draws ``log.csv`` of a run (train loss; val top-1 and top-5) into ``png``.
-    Needs matplotlib; returns False without it."""
+    """Draws ``log.csv`` of a run (train loss; its validation columns in percent: top-1
+    and top-5, mAP, mean IoU...) into ``png``. Needs matplotlib; returns False without it."""
     try:
         import matplotlib
 
@@ -29,23 +38,26 @@ def plot_log(log_csv, png, title=None):
     loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("train loss")
     accuracy_axis = loss_axis.twinx()
-    evaluated = [r for r in rows if r.get("val_top1")]
-    for key, colour in (("val_top1", "tab:blue"), ("val_top5", "tab:green")):
+    metrics = [key for key in (rows[0] if rows else {}) if key.startswith("val_")]
+    headline = metrics[0] if metrics else None
+    evaluated = [r for r in rows if headline and r.get(headline)]
+    colours = ("tab:blue", "tab:green", "tab:orange", "tab:red")
+    for key, colour in zip(metrics, colours, strict=False):
         accuracy_axis.plot(
             [int(r["epoch"]) for r in evaluated],
             [100 * float(r[key]) for r in evaluated],
             marker="o",
             markersize=3,
             color=colour,
-            label=key.replace("val_top", "val top-"),
+            label=_LABELS.get(key, key.replace("_", " ")),
         )
-    accuracy_axis.set_ylabel("validation accuracy (%)")
+    accuracy_axis.set_ylabel("validation (%)")
     accuracy_axis.set_ylim(0, 100)
     if evaluated:
-        best = max(evaluated, key=lambda r: float(r["val_top1"]))
+        best = max(evaluated, key=lambda r: float(r[headline]))
         accuracy_axis.annotate(
-            f"{100 * float(best['val_top1']):.1f}%",
-            (int(best["epoch"]), 100 * float(best["val_top1"])),
+            f"{100 * float(best[headline]):.1f}%",
+            (int(best["epoch"]), 100 * float(best[headline])),
             textcoords="offset points",
             xytext=(0, 8),
             ha="center",

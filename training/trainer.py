@@ -27,6 +27,8 @@ import tensorflow as tf
 import keras_poolformer as kp
 from keras_poolformer import files
 from keras_poolformer.training import data as data_lib
+from keras_poolformer.training import tasks
+from keras_poolformer.training.classifiers import build_baseline, build_model  # noqa: F401
 from keras_poolformer.training.plots import plot_log
 
 STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker", "tpu")
@@ -208,99 +210,6 @@ def _set_precision(config, strategy):
 # --- model -------------------------------------------------------------------------------
 
 
-def build_baseline(config, num_classes, init=None):
-    """A MetaFormer baseline (``config.model`` a registry name, ``caformer_s18``) with
-    logits out: its constructor with the config's drop path (and head dropout, for the
-    MLP-head families), or, when the config gives depths and dims, the family's parts on
-    that trunk (for tests and small experiments).
-
-    ``init`` (``"imagenet"``, a checkpoint tag, or a weights or checkpoint file) fills
-    everything but the classifier, which starts fresh: the trunk and the final norm
-    from the release (or the file), the head as initialised here."""
-    from keras_poolformer.baselines import layout
-
-    spec = kp.registry.get(config.model)
-    args = {
-        "input_shape": (config.image_size, config.image_size, 3),
-        "classes": num_classes,
-        "classifier_activation": None,
-        "drop_path_rate": config.drop_path_rate,
-        "weights": None,
-    }
-    if spec.config.get("head") == "mlp":
-        args["head_dropout"] = config.head_dropout
-    if config.depths:
-        architecture = {**spec.config, "depths": tuple(config.depths), "dims": tuple(config.dims)}
-
-        def build(**kwargs):
-            return kp.baselines.MetaFormerBaseline(
-                **architecture, **kwargs, name=f"{spec.name}_custom"
-            )
-    else:
-
-        def build(**kwargs):
-            return getattr(kp, spec.constructor)(**kwargs)
-
-    model = build(**args)
-    if init:
-        # pooling="avg" keeps the final norm, which the pretrained head was fed by.
-        donor_args = {**args, "include_top": False, "pooling": "avg", "weights": init}
-        donor = build(**donor_args)
-        state = layout.export_state_dict(donor)
-        fresh = layout.export_state_dict(model)
-        state.update({key: value for key, value in fresh.items() if key.startswith("head.")})
-        layout.load_state_dict(model, state)
-    return model
-
-
-def build_model(config, num_classes, init=None):
-    """The classifier to train (logits out), optionally initialised from pretrained
-    weights (``"imagenet"`` or a weights/checkpoint path) with a fresh head."""
-    if config.model in kp.registry.MODELS:
-        return build_baseline(config, num_classes, init)
-    if config.model == "custom":
-        depths, dims = config.depths, config.dims
-    else:
-        table = kp.MODEL_CONFIGS.get(config.model, kp.MODEL_CONFIGS["s12"])  # hybrids: S12
-        depths, dims = table["depths"], table["dims"]
-    mixers = config.token_mixers[0] if len(config.token_mixers) == 1 else config.token_mixers
-    poolformer = (
-        config.norm == "mln"
-        and config.activation == "gelu"
-        and not config.position_embeddings
-        and set(config.token_mixers) == {"pooling"}
-    )
-    common = {
-        "depths": depths,
-        "dims": dims,
-        "token_mixers": mixers,
-        "norm": config.norm,
-        "activation": config.activation,
-        "position_embeddings": config.position_embeddings,
-        "layer_scale_init_value": config.layer_scale_init_value,
-        "input_shape": (config.image_size, config.image_size, 3),
-        "name": f"{'poolformer' if poolformer else 'metaformer'}_{config.model}",
-    }
-    model = kp.MetaFormer(
-        **common,
-        classes=num_classes,
-        classifier_activation=None,
-        drop_path_rate=config.drop_path_rate,
-        weights=None,
-    )
-    if init:
-        if not poolformer:
-            raise ValueError(
-                "--init loads PoolFormer weights; this config's model is another MetaFormer."
-            )
-        donor = kp.MetaFormer(**common, include_top=False, weights=init)
-        state = kp.porting.export_state_dict(donor)
-        fresh_head = kp.porting.export_state_dict(model)
-        state.update({k: v for k, v in fresh_head.items() if k.startswith("head.")})
-        kp.porting.load_state_dict(model, state)
-    return model
-
-
 def seed_variables(model):
     """The state of every DropPath's random generator, then every Dropout's (the
     baselines' MLP head), so that a resumed run draws the same stochastic-depth and
@@ -333,29 +242,19 @@ class _Progress:
             print(f"epoch {self.epoch} step {step}/{self.total} {text}", flush=True)
 
 
-def top_k_accuracy(model, dataset):
-    """(top-1, top-5) of ``model`` over ``(images, labels)`` batches."""
-
-    @tf.function
-    def predict(images):
-        return model(images, training=False)
-
-    correct1 = correct5 = count = 0
-    for images, labels in dataset:
-        logits = predict(images).numpy()
-        labels = labels.numpy()
-        top5 = np.argsort(-logits, axis=1)[:, :5]
-        correct1 += int(np.sum(top5[:, 0] == labels))
-        correct5 += int(np.sum(np.any(top5 == labels[:, None], axis=1)))
-        count += len(labels)
-    return (correct1 / count, correct5 / count) if count else (float("nan"), float("nan"))
+top_k_accuracy = tasks.top_k_accuracy
 
 
 def train(config, data_spec, output, data_dir=None, strategy="auto", init=None, log=print):
     """Trains ``config`` on ``data_spec`` into ``output``; resumes if ``output`` holds
     checkpoints of the same run (from the newest one that reads back whole, see
-    :func:`resume_point`). Returns the final metrics as a dict."""
+    :func:`resume_point`). Returns the final metrics as a dict.
+
+    ``config.task`` chooses what is learnt (:mod:`~keras_poolformer.training.tasks`):
+    the task supplies the data, the model, the loss and the validation metrics; the loop
+    is the same for all."""
     config.validate()  # API callers skip get_config; stop before building anything
+    task = tasks.get(config.task)
     strategy = select_strategy(strategy) if isinstance(strategy, str) else strategy
     chief = is_chief(strategy)
     replicas = strategy.num_replicas_in_sync
@@ -369,7 +268,7 @@ def train(config, data_spec, output, data_dir=None, strategy="auto", init=None, 
     ckpt_dir = os.path.join(output, "checkpoints")
     if chief:
         _remove_leftovers(output, ckpt_dir, log)
-    source = data_lib.load_source(data_spec, data_dir, cache_dir=output)
+    source = task.load_source(data_spec, data_dir, cache_dir=output)
     train_split, val_split = source.train, source.val
     num_classes = len(source.class_names)
     for what, split in (("training", train_split), ("validation", val_split)):
@@ -389,13 +288,13 @@ def train(config, data_spec, output, data_dir=None, strategy="auto", init=None, 
         for name, content in (("config.json", run_config), ("classes.json", source.class_names)):
             with files.atomic_path(os.path.join(output, name)) as tmp, open(tmp, "w") as f:
                 json.dump(content, f, indent=2)
-        if data_spec == "synthetic":
+        if data_spec == "synthetic" and task.name == "classification":
             _write_samples(source, os.path.join(output, "samples"))
 
     _set_precision(config, strategy)
     keras.utils.set_random_seed(config.seed)  # the same initial weights on every replica and run
     with strategy.scope():
-        model = build_model(config, num_classes, init)
+        model = task.build_model(config, source, init)
         optimizer = make_optimizer(config, model, steps_per_epoch)
         if config.precision == "mixed" and keras.config.dtype_policy().name == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -414,18 +313,16 @@ def train(config, data_spec, output, data_dir=None, strategy="auto", init=None, 
             _drop_log_rows_after(os.path.join(output, "log.csv"), int(step.numpy()), log)
     elif chief:
         log(
-            f"training {model.name} ({model.count_params():,} parameters) on {source.name}: "
-            f"{len(train_split)} train / {len(val_split)} val images, {num_classes} classes; "
+            f"training {model.name} ({model.count_params():,} parameters, {task.name}) on "
+            f"{source.name}: {len(train_split)} train / {len(val_split)} val images, "
+            f"{num_classes} classes; "
             f"{total_epochs} epochs x {steps_per_epoch} steps, global batch {config.batch_size} "
             f"({replicas} replica(s), accum {config.accum_steps}), peak lr {config.peak_lr:.3g}"
         )
 
-    loss_fn = keras.losses.CategoricalCrossentropy(from_logits=True, reduction=None)
-
-    def replica_grads(images, targets):
+    def replica_grads(inputs, targets):
         with tf.GradientTape() as tape:
-            logits = tf.cast(model(images, training=True), tf.float32)
-            per_example = loss_fn(targets, logits)
+            per_example = task.loss(model, inputs, targets)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=micro_batch)
             loss = loss / config.accum_steps
             scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
@@ -458,14 +355,13 @@ def train(config, data_spec, output, data_dir=None, strategy="auto", init=None, 
     start_step = int(step.numpy())
     for epoch in range(start_step // steps_per_epoch, total_epochs):
         done = start_step - epoch * steps_per_epoch if epoch == start_step // steps_per_epoch else 0
-        dataset = data_lib.train_dataset(
+        dataset = task.train_dataset(
             train_split,
             config,
             epoch,
             micro_batch,
             steps_per_epoch * config.accum_steps,
             done * config.accum_steps,
-            num_classes,
         )
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = (
@@ -490,13 +386,10 @@ def train(config, data_spec, output, data_dir=None, strategy="auto", init=None, 
         }
         last = epoch + 1 == total_epochs
         if len(val_split) and ((epoch + 1) % config.eval_every == 0 or last):
-            val = data_lib.eval_dataset(
-                val_split, config, max(micro_batch // replicas, 1), config.eval_steps
-            )
-            row["val_top1"], row["val_top5"] = top_k_accuracy(model, val)
+            row.update(task.evaluate(model, val_split, config))
         manager.save(checkpoint_number=int(step.numpy()))
         if chief:
-            _append_csv(log_path, row)
+            _append_csv(log_path, row, log_fields(task))
             plot_log(log_path, os.path.join(output, "curve.png"), f"{model.name} on {source.name}")
             with writer.as_default(step=row["step"]):
                 for key, value in row.items():
@@ -694,7 +587,7 @@ def _drop_log_rows_after(log_path, step, log):
     if len(kept) == len(rows):
         return
     with files.atomic_path(log_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=_LOG_FIELDS)
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(kept)
     log(f"dropped {len(rows) - len(kept)} log.csv row(s) past step {step}; they run again")
@@ -709,6 +602,13 @@ def _write_samples(source, folder):
             f.write(source.val.images[position])
 
 
+@dataclasses.dataclass
+class _Classes:
+    """What a task's ``build_model`` reads of a source, for rebuilding a finished run."""
+
+    class_names: list
+
+
 def load_run(folder):
     """``(config, class_names, model)`` of a training output folder, with its final weights."""
     from keras_poolformer.training import configs
@@ -721,18 +621,23 @@ def load_run(folder):
     config = configs.Config(
         **{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in fields}
     )
-    model = build_model(config, len(class_names))
+    if config.task == "classification":
+        model = build_model(config, len(class_names))
+    else:
+        model = tasks.get(config.task).build_model(config, _Classes(class_names))
     model.load_weights(os.path.join(folder, "final.weights.h5"))
     return config, class_names, model, saved["data"]
 
 
-_LOG_FIELDS = ["epoch", "step", "lr", "train_loss", "val_top1", "val_top5", "seconds"]
+def log_fields(task):
+    """The columns of ``log.csv``: the loop's, with the task's validation metrics."""
+    return ["epoch", "step", "lr", "train_loss", *task.metrics, "seconds"]
 
 
-def _append_csv(path, row):
+def _append_csv(path, row, fields):
     new = not os.path.exists(path)
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=_LOG_FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fields)
         if new:
             writer.writeheader()
         writer.writerow(row)
