@@ -98,7 +98,7 @@ class MetaFormerBackbone(keras_hub.models.FeaturePyramidBackbone):
             drop_path_rate=drop_path_rate,
         )
         stages = models.stage_output_layers(trunk)
-        super().__init__(inputs=trunk.inputs, outputs=trunk.outputs[0], dtype=dtype, **kwargs)
+        super().__init__(inputs=trunk.inputs[0], outputs=trunk.outputs[0], dtype=dtype, **kwargs)
         self.pyramid_outputs = {
             level: layer.output for level, layer in zip(LEVELS, stages, strict=True)
         }
@@ -205,6 +205,11 @@ class ResNetBackbone(keras_hub.models.FeaturePyramidBackbone):
     ):
         if len(dims) != 4 or len(depths) != 4:
             raise ValueError(f"dims and depths need 4 numbers each, got {dims!r}, {depths!r}.")
+        if dims[0] != 64:
+            raise ValueError(
+                f"dims {tuple(dims)!r}: KerasHub's ResNet needs its first stage at 64 channels; "
+                "narrow the later stages instead, e.g. (64, 64, 128, 256)."
+            )
         kwargs.setdefault("name", "resnet_backbone")
         resnet = keras_hub.models.ResNetBackbone(
             input_conv_filters=[dims[0]],

@@ -301,14 +301,21 @@ def test_saved_model_serves_jpeg_bytes_without_our_code(source, scoring_model, t
 # --- other backbones and initialisation ---------------------------------------------------
 
 
-def test_resnet18_takes_pixels_and_trains(source):
+def test_resnet18_takes_pixels_and_trains(source, tmp_path):
+    """KerasHub's ResNet behind ImageNet's normalisation of 0..255 pixels; it trains, and
+    starts from a classifier trained with the same config (its .weights.h5)."""
+    import json
+
+    from keras_poolformer.training import classifiers
+
     config = TINY.replace(model="resnet18", depths=(), dims=(64, 64, 128, 256))
     task = detection.DetectionTask()
     built = task.build_model(config, source)
     encoder = built.backbone.image_encoder
     pixels = np.random.default_rng(0).uniform(0, 255, (1, 128, 128, 3)).astype(np.float32)
-    mean, std = np.array(detection.IMAGENET_MEAN), np.array(detection.IMAGENET_STD)
-    by_hand = encoder.resnet((pixels - mean) / std)
+    mean = 255 * np.array([0.485, 0.456, 0.406])
+    std = 255 * np.array([0.229, 0.224, 0.225])
+    by_hand = encoder.get_layer("resnet_pyramid")((pixels - mean) / std)["P5"]
     np.testing.assert_allclose(encoder(pixels), by_hand, rtol=1e-4, atol=1e-4)
     images, targets = next(iter(task.train_dataset(small(source.train, 4), config, 0, 2, 1)))
     with tf.GradientTape() as tape:
@@ -317,6 +324,16 @@ def test_resnet18_takes_pixels_and_trains(source):
     assert np.isfinite(float(loss)) and all(g is not None for g in grads)
     with pytest.raises(ValueError, match="first stage at 64"):
         task.build_model(config.replace(dims=(32, 64, 128, 256)), source)
+
+    classifier = classifiers.build_model(config.replace(task="classification"), 10)
+    classifier.save_weights(tmp_path / "final.weights.h5")
+    (tmp_path / "classes.json").write_text(json.dumps([str(i) for i in range(10)]))
+    started = task.build_model(config, source, init=str(tmp_path / "final.weights.h5"))
+    ours = started.backbone.image_encoder.get_layer("resnet_pyramid").get_weights()
+    theirs = classifier.get_layer("resnet_pyramid").get_weights()
+    assert len(ours) == len(theirs) > 40
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_init_copies_a_classifiers_trunk(source, tmp_path):

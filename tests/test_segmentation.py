@@ -277,7 +277,7 @@ def test_resnet18_segmenter(camvid_source):
 def test_init_from_classifier_weights(camvid_source, tmp_path):
     from keras_poolformer.training import trainer
 
-    config = TINY.replace(task="classification") if hasattr(TINY, "task") else TINY
+    config = TINY.replace(task="classification")
     classifier = trainer.build_model(config, 3)
     path = str(tmp_path / "clf.weights.h5")
     classifier.save_weights(path)
@@ -300,8 +300,6 @@ def test_init_from_classification_run_folder(camvid_source, tmp_path):
 
     from keras_poolformer.training import trainer
 
-    if not hasattr(TINY, "task"):
-        pytest.skip("Config has no task field yet: load_run cannot rebuild a classifier")
     config = TINY.replace(task="classification")
     keras.utils.set_random_seed(5)
     classifier = trainer.build_model(config, 4)
@@ -319,7 +317,7 @@ def test_init_from_classification_run_folder(camvid_source, tmp_path):
         layer.get_weights(), classifier.get_layer(layer.name).get_weights(), strict=True
     ):
         np.testing.assert_array_equal(ours, theirs)
-    with pytest.raises(ValueError, match="neither"):
+    with pytest.raises(ValueError, match="expected 'imagenet', a classification run folder"):
         seg.SegmentationTask().build_model(TINY, camvid_source, init=str(tmp_path / "nothing"))
 
 

@@ -32,13 +32,12 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
-from keras_poolformer import files, hub
+from keras_poolformer import files
 from keras_poolformer.imagenet import decode_image
+from keras_poolformer.training import backbones
 from keras_poolformer.training import data as data_lib
 
 # ImageNet's mean and std on 0..255 pixels: the ResNet backbone's input normalisation.
-IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 # Detections kept per image and the lowest score kept: what COCO evaluation expects.
 MAX_DETECTIONS = 100
@@ -241,155 +240,17 @@ def _to_original(boxes, scale, height, width):
 # --- the model -------------------------------------------------------------------------------
 
 
-def _trunk_name(config):
-    """The registry name of the config's MetaFormer: ``"custom"`` (a PoolFormer on the
-    config's depths and dims, as ``trainer.build_model`` builds it) is ``poolformer_s12``'s
-    parts; other names resolve through the registry and its aliases."""
-    if config.model != "custom":
-        return config.model
-    is_poolformer = (
-        set(config.token_mixers) == {"pooling"}
-        and config.norm == "mln"
-        and config.activation == "gelu"
-        and not config.position_embeddings
-    )
-    if not is_poolformer:
-        raise ValueError(
-            "detection with model 'custom' supports the PoolFormer parts only; use a "
-            "registry name (e.g. caformer_s18) with depths and dims for other trunks."
-        )
-    return "poolformer_s12"
-
-
-def resnet18_backbone(image_size, dims=None):
-    """ResNet-18 (basic blocks, [2, 2, 2, 2], strides [1, 2, 2, 2], 7x7 input conv) as a
-    KerasHub ``ResNetBackbone`` built from its constructor (no preset download), with the
-    stage widths ``dims`` (default 64, 128, 256, 512). KerasHub requires ``dims[0] == 64``
-    (the input conv's width), so a narrower ResNet-18 narrows the later stages only.
-
-    KerasHub's ResNet expects pixels already scaled and normalised (its image converter
-    does it); here a ``Normalization`` layer with ImageNet's mean and std on 0..255 comes
-    first, so it takes 0..255 pixels as the MetaFormer backbones do. Returns a functional
-    model with ``pyramid_outputs`` P2..P5 (what ``RetinaNetBackbone`` reads)."""
-    dims = tuple(dims) if dims else (64, 128, 256, 512)
-    if len(dims) != 4:
-        raise ValueError(f"resnet18 needs 4 dims, got {dims!r}.")
-    if dims[0] != 64:
-        # KerasHub's constructor refuses any other first width (its first stage adds the
-        # input conv's 64 channels to its own by an identity shortcut).
-        raise ValueError(
-            f"resnet18 dims {dims!r}: KerasHub's ResNetBackbone needs the first stage at 64 "
-            "channels; narrow the later stages instead, e.g. (64, 64, 128, 256)."
-        )
-    shape = (image_size, image_size, 3)
-    resnet = keras_hub.models.ResNetBackbone(
-        input_conv_filters=[dims[0]],
-        input_conv_kernel_sizes=[7],
-        stackwise_num_filters=list(dims),
-        stackwise_num_blocks=[2, 2, 2, 2],
-        stackwise_num_strides=[1, 2, 2, 2],
-        block_type="basic_block",
-        image_shape=shape,
-        name="resnet18",
-    )
-    features = keras.Model(resnet.inputs, resnet.pyramid_outputs, name="resnet18_features")
-    pixels = keras.Input(shape, name="pixels")
-    normalised = keras.layers.Normalization(
-        mean=IMAGENET_MEAN, variance=[s * s for s in IMAGENET_STD], name="imagenet_normalization"
-    )(pixels)
-    pyramid = features(normalised)
-    encoder = keras.Model(pixels, pyramid["P5"], name="resnet18_encoder")
-    encoder.pyramid_outputs = pyramid
-    encoder.resnet = resnet
-    return encoder
-
-
-def _classifier_from_weights(config, path):
-    """The classifier of ``config`` holding the weights file ``path``: its number of
-    classes is unknown, so each width of a 2-D kernel in the file is tried."""
-    import h5py
-
-    from keras_poolformer.training import trainer
-
-    widths = []
-    with h5py.File(path, "r") as f:
-        f.visititems(
-            lambda name, obj: (
-                widths.append(obj.shape[-1])
-                if isinstance(obj, h5py.Dataset) and len(obj.shape) == 2
-                else None
-            )
-        )
-    errors = []
-    for classes in dict.fromkeys(reversed(widths)):
-        model = trainer.build_model(config, int(classes))
-        try:
-            model.load_weights(path)
-            return model
-        except ValueError as error:
-            errors.append(str(error)[:200])
-    raise ValueError(f"{path} holds no classifier of this config ({'; '.join(errors)[:600]}).")
-
-
-def _init_encoder(encoder, config, init):
-    """Copies trained backbone weights into ``encoder`` by layer name (the detection
-    heads stay fresh). ``init``: a classification run folder, a classifier's
-    ``.weights.h5`` of the same config, or ``"imagenet"``."""
-    what = f"--init {init} into the detection backbone"
-    if config.model == "resnet18":
-        if init != "imagenet":
-            raise ValueError("resnet18 detection initialises from 'imagenet' only.")
-        if config.dims and tuple(config.dims) != (64, 128, 256, 512):
-            raise ValueError("resnet18 ImageNet weights need the standard dims.")
-        released = keras_hub.models.ResNetBackbone.from_preset("resnet_18_imagenet")
-        hub.copy_weights_by_name(released, encoder.resnet, what)
-        return
-    if init == "imagenet":
-        if config.depths or config.dims:
-            raise ValueError("'imagenet' weights exist for the registry's trunks only.")
-        donor = hub.constructor(_trunk_name(config))(
-            include_top=False, weights="imagenet", input_shape=tuple(encoder.input_shape[1:])
-        )
-    elif os.path.isdir(init):
-        from keras_poolformer.training import trainer
-
-        _, _, donor, _ = trainer.load_run(init)
-    elif str(init).endswith(".weights.h5") and os.path.isfile(init):
-        donor = _classifier_from_weights(config, init)
-    else:
-        raise ValueError(
-            f"--init {init!r}: expected 'imagenet', a classification run folder or a "
-            "classifier's .weights.h5."
-        )
-    hub.copy_weights_by_name(donor, encoder, what)
-
-
 def build_detector(config, num_classes, init=None):
     """The RetinaNet of :meth:`DetectionTask.build_model` (see there)."""
     size = config.image_size
     shape = (size, size, 3)
-    if config.model == "resnet18":
-        encoder = resnet18_backbone(size, config.dims or None)
-    else:
-        encoder = hub.MetaFormerBackbone(
-            _trunk_name(config),
-            image_shape=shape,
-            depths=config.depths or None,
-            dims=config.dims or None,
-            drop_path_rate=config.drop_path_rate,
-        )
+    encoder = backbones.build_encoder(config, shape)
     if init:
-        _init_encoder(encoder, config, init)
+        backbones.init_encoder(encoder, config, init)
     backbone = keras_hub.models.RetinaNetBackbone(
         image_encoder=encoder, min_level=3, max_level=7, use_p5=False, image_shape=shape
     )
-    # Layers of the encoder that feed no pyramid level (PoolFormer's final norm, which
-    # only the classifier read) would get no gradient: freeze them, so that every
-    # trainable variable has one (gradient accumulation adds them up).
-    used = {id(layer) for layer in backbone.get_layer("backbone").layers}
-    for layer in encoder.layers:
-        if id(layer) not in used and layer.weights:
-            layer.trainable = False
+    backbones.freeze_unused(encoder)
     anchors = keras_hub.layers.AnchorGenerator(
         "xyxy", min_level=3, max_level=7, num_scales=3, aspect_ratios=[0.5, 1.0, 2.0], anchor_size=4
     )
@@ -777,7 +638,7 @@ class DetectionTask:
         up to 100 detections of score >= 0.05) on ``RetinaNetBackbone(image_encoder=...,
         min_level=3, max_level=7, use_p5=False)``, with ``len(source.class_names)``
         classes. The encoder is ``hub.MetaFormerBackbone(config.model, ...)`` (0..255
-        pixels in), or for ``model="resnet18"`` :func:`resnet18_backbone`.
+        pixels in), or for ``model="resnet18"`` KerasHub's ResNet (:mod:`.backbones`).
 
         ``init``: None, a classification run folder (``trainer.load_run``), a classifier
         ``.weights.h5`` of the same config, or ``"imagenet"``: the backbone's weights are

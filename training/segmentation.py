@@ -51,6 +51,7 @@ import tensorflow as tf
 
 from keras_poolformer import files
 from keras_poolformer.imagenet import decode_image
+from keras_poolformer.training import backbones
 from keras_poolformer.training import data as data_lib
 
 CAMVID_CLASSES = (
@@ -339,33 +340,6 @@ def eval_dataset(split, batch, ignore_index, max_batches=0):
 # --- the model ---------------------------------------------------------------------------------
 
 
-def _encoder(config):
-    """The image encoder (a KerasHub FeaturePyramidBackbone, P2..P5) of ``config``, for
-    inputs of any size in 0..255."""
-    from keras_poolformer import hub
-
-    if config.model == "resnet18":
-        dims = {"dims": tuple(config.dims)} if config.dims else {}
-        return hub.ResNetBackbone(**dims, image_shape=(None, None, 3))
-    if config.model == "custom":
-        # A PoolFormer on the config's trunk (the trainer's reading of "custom").
-        if set(config.token_mixers) != {"pooling"} or config.position_embeddings:
-            raise ValueError(
-                "segmentation supports model 'custom' as a PoolFormer (pooling mixers, "
-                "no position embeddings); use a registered model for other parts."
-            )
-        name = "poolformer_s12"
-    else:
-        name = config.model
-    return hub.MetaFormerBackbone(
-        name,
-        image_shape=(None, None, 3),
-        depths=tuple(config.depths) or None,
-        dims=tuple(config.dims) or None,
-        drop_path_rate=config.drop_path_rate,
-    )
-
-
 def build_segmenter(config, num_classes):
     """DeepLabV3+ (KerasHub's ``DeepLabV3ImageSegmenter``) on ``config``'s backbone:
     ASPP on P5 (rates 6, 12, 18), P2 as the low-level feature, logits (no activation)
@@ -373,7 +347,7 @@ def build_segmenter(config, num_classes):
     import keras_hub
 
     backbone = keras_hub.models.DeepLabV3Backbone(
-        image_encoder=_encoder(config),
+        image_encoder=backbones.build_encoder(config),
         low_level_feature_key="P2",
         spatial_pyramid_pooling_key="P5",
         dilation_rates=[6, 12, 18],
@@ -385,75 +359,14 @@ def build_segmenter(config, num_classes):
         activation=None,
         name=f"deeplabv3plus_{config.model}",
     )
-    _freeze_unused(backbone.image_encoder)
+    backbones.freeze_unused(backbone.image_encoder)
     return model
 
 
-def _freeze_unused(encoder):
-    """Makes the encoder's layers that feed no pyramid level (the MetaFormer's final
-    norm, after P5, which only the classifier read) non-trainable: they would get no
-    gradient (``None``, which gradient accumulation cannot add). Their weights stay, so
-    a checkpoint or a copied classifier still fills them."""
-    used = {layer.name for layer in keras.Model(encoder.inputs, encoder.pyramid_outputs).layers}
-    for layer in encoder.layers:
-        if layer.weights and layer.name not in used:
-            layer.trainable = False
-
-
-def _imagenet_donor(config, encoder):
-    """A pretrained model holding ImageNet weights under ``encoder``'s layer names
-    (needs the release weights: a download, or the package's cache)."""
-    import keras_hub
-
-    from keras_poolformer import hub
-
-    if config.model == "resnet18":
-        if config.dims and tuple(config.dims) != (64, 128, 256, 512):
-            raise ValueError("ImageNet weights exist for ResNet-18's own widths only.")
-        return keras_hub.models.ResNetBackbone.from_preset("resnet_18_imagenet")
-    name = "poolformer_s12" if config.model == "custom" else config.model
-    return hub.constructor(name, config.depths or None, config.dims or None)(
-        include_top=False, weights="imagenet", input_shape=(None, None, 3)
-    )
-
-
 def init_backbone(model, config, init):
-    """Copies pretrained weights into the segmenter's image encoder, by layer name; the
-    DeepLab head keeps its fresh weights.
-
-    ``init``: ``"imagenet"`` (the release weights of ``config.model``), a classification
-    run folder (``config.json`` and ``final.weights.h5``; its trunk must be this
-    config's), or a classifier ``.weights.h5`` of the same model and trunk (its number
-    of classes read from a ``classes.json`` beside it, else its head is skipped)."""
-    from keras_poolformer import hub
-    from keras_poolformer.training import trainer
-
-    encoder = model.backbone.image_encoder
-    resnet = config.model == "resnet18"
-    if init == "imagenet":
-        donor = _imagenet_donor(config, encoder)
-        target = encoder.get_layer("resnet_pyramid") if resnet else encoder
-        hub.copy_weights_by_name(donor, target, f"ImageNet {config.model} weights")
-        return
-    init = os.fspath(init)
-    if os.path.isdir(init):
-        _, _, classifier, _ = trainer.load_run(init)
-    elif init.endswith(".weights.h5") and os.path.isfile(init):
-        classes = os.path.join(os.path.dirname(init), "classes.json")
-        count = 1
-        if os.path.isfile(classes):
-            with open(classes, encoding="utf-8") as f:
-                count = len(json.load(f))
-        classifier_config = (
-            config.replace(task="classification") if hasattr(config, "task") else config
-        )
-        classifier = trainer.build_model(classifier_config, count)
-        classifier.load_weights(init, skip_mismatch=not os.path.isfile(classes))
-    else:
-        raise ValueError(
-            f"init {init!r} is neither 'imagenet', a run folder nor a .weights.h5 file."
-        )
-    hub.copy_weights_by_name(classifier, encoder, f"classifier {init!r} into the backbone")
+    """Fills the segmenter's image encoder from ``init`` (see
+    :func:`keras_poolformer.training.backbones.init_encoder`); the head stays fresh."""
+    backbones.init_encoder(model.backbone.image_encoder, config, init)
 
 
 _LOGITS = weakref.WeakKeyDictionary()
