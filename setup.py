@@ -54,6 +54,11 @@ setup(
         "safetensors>=0.4",  # timm / Hugging Face checkpoints, read through numpy
         "tensorflow-datasets",  # --data tfds:NAME
         "tensorboard",  # training logs
+        # Our backbones in KerasHub's and keras-cv's detectors and segmenters, and presets
+        "keras-hub>=0.20",
+        "keras-cv>=0.9",
+        "pycocotools",  # COCO mAP of the detection runs
+        "pillow",  # segmentation masks (palette PNGs) and the prediction drawings
     ],
     extras_require={
         # The PyTorch reference for parity tests, and the linter. torch stays on the

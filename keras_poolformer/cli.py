@@ -193,6 +193,9 @@ def predict(args):
     import keras_poolformer as kp
 
     _check_images(args.images)
+    task = _run_task(args)
+    if task not in (None, "classification"):
+        return _dense_predict(args, task)
     model, names, size, crop_pct = _classifier(args)
     if names is None:
         names = [f"{name} ({wnid})" for wnid, name in kp.imagenet.class_names()]
@@ -274,11 +277,19 @@ def _convert(args, output):
         raise _UnverifiedError(1)
 
 
+# The config `train --task T` uses when no --config is given.
+DEFAULT_TASK_CONFIGS = {"detection": "raccoon_retinanet", "segmentation": "camvid_deeplab"}
+
+
 def train(args):
     """Trains a config; started again with the same command, it resumes."""
     from keras_poolformer.training import configs, trainer
 
-    config = configs.get_config(args.config, args.overrides, smoke_run=args.smoke)
+    name = args.config or DEFAULT_TASK_CONFIGS.get(args.task)
+    if name is None:
+        raise ValueError("train needs --config NAME (keras-poolformer configs lists them).")
+    overrides = list(args.overrides) + ([f"task={args.task}"] if args.task else [])
+    config = configs.get_config(name, overrides, smoke_run=args.smoke)
     metrics = trainer.train(
         config,
         args.data,
@@ -290,13 +301,107 @@ def train(args):
     print(f"final weights: {os.path.join(args.output, 'final.weights.h5')}")
     if "val_top1" in metrics:
         print(f"val top-1 {metrics['val_top1']:.2%}, top-5 {metrics['val_top5']:.2%}")
+    else:
+        print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith("val_")))
+    return 0
+
+
+def _run_task(args):
+    """The task of ``--run DIR`` (from its config.json), or None without ``--run``."""
+    import json
+
+    if not getattr(args, "run", None):
+        return None
+    path = os.path.join(args.run, "config.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"'{args.run}' is not a training output folder (no config.json).")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f).get("task", "classification")
+
+
+def _dense_evaluate(args, task_name):
+    """The validation metrics of a detection or segmentation run."""
+    from keras_poolformer.training import tasks, trainer
+
+    config, names, model, spec = trainer.load_run(args.run)
+    if args.weights:
+        model.load_weights(args.weights)
+    task = tasks.get(task_name)
+    source = task.load_source(args.data or spec, args.data_dir, cache_dir=args.run)
+    metrics = task.evaluate(model, source.val, config.replace(eval_steps=0))
+    print(f"{args.data or spec}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    if task_name == "segmentation":
+        from keras_poolformer.training import segmentation
+
+        ious = segmentation.per_class_iou(model, source.val, config, names, source.ignore_index)
+        for name, iou in ious.items():
+            print(f"  {name:>12}  IoU {iou:.4f}")
+    return 0
+
+
+def _dense_predict(args, task_name):
+    """PNGs of a detection or segmentation run's predictions, one per image."""
+    from keras_poolformer.training import trainer
+
+    if not args.output:
+        raise ValueError("predict --run on a detection or segmentation run needs --output DIR.")
+    config, names, model, _ = trainer.load_run(args.run)
+    os.makedirs(args.output, exist_ok=True)
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in args.images]
+    if task_name == "detection":
+        from keras_poolformer.training import detection
+
+        found = detection.predict_images(model, args.images, config, names)
+        for path, stem, item in zip(args.images, stems, found, strict=True):
+            out = os.path.join(args.output, f"{stem}.png")
+            detection.draw_detections(path, item, out, names)
+            best = [
+                f"{names[c]} {s:.2f} [{', '.join(f'{v:.0f}' for v in b)}]"
+                for b, s, c in zip(item["boxes"], item["scores"], item["classes"], strict=True)
+                if s >= 0.3
+            ]
+            print(f"{path}: {'; '.join(best) or 'nothing above 0.3'} -> {out}")
+    else:
+        import numpy as np
+
+        from keras_poolformer.training import segmentation
+
+        masks = segmentation.predict_masks(model, args.images, config)
+        for path, stem, mask in zip(args.images, stems, masks, strict=True):
+            out = os.path.join(args.output, f"{stem}.png")
+            segmentation.draw_overlay(path, mask, out, names)
+            counts = np.bincount(mask.ravel(), minlength=len(names)) / mask.size
+            top = np.argsort(-counts)[:3]
+            shares = ", ".join(f"{names[i]} {counts[i]:.0%}" for i in top)
+            print(f"{path}: {shares} -> {out}")
+    return 0
+
+
+def _dense_export(args, task_name):
+    """The SavedModel of a detection or segmentation run (image bytes in)."""
+    from keras_poolformer.training import trainer
+
+    if args.tflite or args.onnx or args.preset or not args.saved_model:
+        raise ValueError(
+            f"a {task_name} run exports a SavedModel only: use --saved-model DIR alone."
+        )
+    config, names, model, _ = trainer.load_run(args.run)
+    module = __import__(f"keras_poolformer.training.{task_name}", fromlist=["export_saved_model"])
+    directory = os.path.join(args.saved_model, str(args.version))
+    written = module.export_saved_model(model, config, names, directory)
+    print(f"SavedModel ({task_name}, image bytes in): {written or directory}")
     return 0
 
 
 def evaluate(args):
-    """Top-1 / top-5 of a model on a dataset's validation split."""
+    """Top-1 / top-5 of a model on a dataset's validation split (or a detection run's mAP,
+    a segmentation run's mean IoU)."""
     import keras_poolformer as kp
     from keras_poolformer.training import configs, data, trainer
+
+    task = _run_task(args)
+    if task not in (None, "classification"):
+        return _dense_evaluate(args, task)
 
     if args.run:
         config, _, model, spec = trainer.load_run(args.run)
@@ -354,6 +459,9 @@ def export(args):
     import keras_poolformer as kp
     from keras_poolformer import export as export_lib
 
+    task = _run_task(args)
+    if task not in (None, "classification"):
+        return _dense_export(args, task)
     deploy = args.saved_model or args.tflite or args.onnx
     if not (deploy or args.preset):
         raise ValueError("export needs at least one of --saved-model, --preset, --tflite, --onnx.")
@@ -522,10 +630,15 @@ def build_parser():
     p.add_argument("--images", nargs="+", metavar="IMAGE", help="also run these images")
     p.set_defaults(handler=summary)
 
-    p = commands.add_parser("predict", help="top-5 ImageNet classes of images")
+    p = commands.add_parser(
+        "predict", help="top-5 classes of images (or a dense run's boxes / masks as PNGs)"
+    )
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--model", choices=variants, default="s12")
     p.add_argument("--run", help="a training output folder: its model and classes")
+    p.add_argument(
+        "--output", help="folder for the PNGs of a detection or segmentation run's predictions"
+    )
     p.add_argument(
         "--weights",
         default="imagenet",
@@ -560,15 +673,30 @@ def build_parser():
     p.set_defaults(handler=convert)
 
     p = commands.add_parser("train", help="train with the paper's recipe (resumes if interrupted)")
-    p.add_argument("--config", required=True, help="a training config (training/configs.py)")
+    p.add_argument("--config", help="a training config (training/configs.py)")
+    p.add_argument(
+        "--task",
+        choices=["classification", "detection", "segmentation"],
+        help="what to learn (default: the config's; alone, detection trains raccoon_retinanet "
+        "and segmentation camvid_deeplab)",
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    p.add_argument("--data", required=True, help="folder:PATH, tfds:NAME[:split] or synthetic")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="folder:PATH, tfds:NAME[:split] or synthetic; voc:PATH (detection), "
+        "masks:PATH (segmentation)",
+    )
     p.add_argument("--data-dir", help="the TFDS data folder")
     p.add_argument("--output", required=True, help="run folder (checkpoints, logs, weights)")
     p.add_argument(
         "--strategy", default="auto", help="auto, one-device, mirrored, multi-worker, tpu"
     )
-    p.add_argument("--init", help="start from 'imagenet' or a weights/checkpoint path (new head)")
+    p.add_argument(
+        "--init",
+        help="start from 'imagenet', a weights/checkpoint path or (detection, segmentation) a "
+        "classification run folder (new head)",
+    )
     p.add_argument("--smoke", action="store_true", help="shrink the config to a few steps")
     p.set_defaults(handler=train)
 
