@@ -661,9 +661,14 @@ class DetectionTask:
 
     def evaluate(self, model, split, config):
         """``{"val_map50", "val_map"}``: pycocotools' COCO bbox AP at IoU 0.5 and 0.5:0.95
-        of the detector's decoded detections on ``split``, in original image pixels."""
+        of the detector's decoded detections on ``split``, in original image pixels
+        (its first ``config.eval_steps`` batches of 8 when that is set)."""
         if not len(split):
             raise ValueError("the split has no images to evaluate.")
+        if config.eval_steps:
+            split = DetectionSplit(
+                split.records[: 8 * config.eval_steps], split.class_names, split.max_boxes
+            )
         predictions = predict_images(model, split.paths, config)
         return coco_map(ground_truth(split), predictions, len(split.class_names))
 
