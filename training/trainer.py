@@ -223,6 +223,23 @@ def seed_variables(model):
     ]
 
 
+def untracked_variables(model):
+    """``{name: variable}`` of the model's variables that a ``tf.train.Checkpoint`` of the
+    model would not reach: those of layers kept in plain Python lists, such as the batch
+    norms of KerasHub's ASPP branches (DeepLabV3), whose moving statistics would otherwise
+    restart from their initial values on resume. Named by position in ``model.variables``
+    (the same for the same config); empty for our classifiers."""
+    reachable = set()
+    for node in tf.train.TrackableView(model).descendants():
+        reachable.add(id(node))
+        reachable.add(id(getattr(node, "value", None)))
+    return {
+        f"variable_{i}": v
+        for i, v in enumerate(model.variables)
+        if id(v) not in reachable and id(getattr(v, "value", None)) not in reachable
+    }
+
+
 # --- the run -----------------------------------------------------------------------------
 
 
@@ -300,8 +317,13 @@ def train(config, data_spec, output, data_dir=None, strategy="auto", init=None, 
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    untracked = untracked_variables(model)
     checkpoint = tf.train.Checkpoint(
-        model=model, optimizer=optimizer, step=step, seeds=seed_variables(model)
+        model=model,
+        optimizer=optimizer,
+        step=step,
+        seeds=seed_variables(model),
+        **({"untracked": untracked} if untracked else {}),
     )
     if not chief:  # other workers write to a scratch folder, as tf.distribute expects
         ckpt_dir = os.path.join(output, f".worker_{strategy.cluster_resolver.task_id}_checkpoints")
