@@ -67,8 +67,9 @@ def close_weights(a, b):
     """To rounding: a segmentation run resumed in the process that trained it first ends
     a few last bits away (two runs in separate processes agree bit for bit; two in one
     process do not: 1e-11 after 4 steps, up to 4e-8 in biases that feed a batch norm,
-    whose near-zero gradients Adam divides by their near-zero sqrt(v)). A step on other data, or batch-norm
-    statistics that restart (trainer.untracked_variables), moves weights by about 1e-4."""
+    whose near-zero gradients Adam divides by their near-zero sqrt(v)). A step on other
+    data, or batch-norm statistics that restart (trainer.untracked_variables), moves
+    weights by about 1e-4."""
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
