@@ -427,12 +427,15 @@ def evaluate(args):
 
 
 def list_configs(args):
-    """Prints each training config's model, batch, schedule and note."""
+    """Prints each training config's task (when not classification), model, batch,
+    schedule and note."""
     from keras_poolformer.training import configs
 
     for name, config in sorted(configs.CONFIGS.items()):
+        task = "" if config.task == "classification" else f"{config.task}, "
         print(
-            f"{name}: model {config.model}, {config.image_size}px, batch {config.batch_size}, "
+            f"{name}: {task}model {config.model}, {config.image_size}px, "
+            f"batch {config.batch_size}, "
             f"{config.epochs}+{config.cooldown_epochs} epochs, peak lr {config.peak_lr:.3g}"
         )
         print(f"    {config.note}")

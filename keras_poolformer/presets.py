@@ -38,6 +38,17 @@ V1_FAMILIES = ("poolformer", "metaformer")
 HEAD_NORM_EPSILON = 1e-6
 
 
+# ImageConverter's own options, fixed by our evaluation transform: not configurable.
+_FIXED_CONVERTER_OPTIONS = (
+    "scale",
+    "offset",
+    "crop_to_aspect_ratio",
+    "pad_to_aspect_ratio",
+    "interpolation",
+    "antialias",
+)
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class MetaFormerImageConverter(keras_hub.layers.ImageConverter):
     """Our evaluation transform as a KerasHub image converter.
@@ -64,14 +75,7 @@ class MetaFormerImageConverter(keras_hub.layers.ImageConverter):
     backbone_cls = hub.MetaFormerBackbone
 
     def __init__(self, image_size=224, crop_pct=imagenet.DEFAULT_CROP_PCT, **kwargs):
-        for key in (  # ImageConverter's own options: fixed here, not configurable
-            "scale",
-            "offset",
-            "crop_to_aspect_ratio",
-            "pad_to_aspect_ratio",
-            "interpolation",
-            "antialias",
-        ):
+        for key in _FIXED_CONVERTER_OPTIONS:
             kwargs.pop(key, None)
         if isinstance(image_size, (tuple, list)):
             if len(image_size) != 2 or image_size[0] != image_size[1]:
@@ -130,14 +134,7 @@ class MetaFormerImageConverter(keras_hub.layers.ImageConverter):
 
     def get_config(self):
         config = super().get_config()
-        for key in (
-            "scale",
-            "offset",
-            "crop_to_aspect_ratio",
-            "pad_to_aspect_ratio",
-            "interpolation",
-            "antialias",
-        ):
+        for key in _FIXED_CONVERTER_OPTIONS:
             config.pop(key, None)
         config.update(image_size=self.image_size[0], crop_pct=self.crop_pct)
         return config
