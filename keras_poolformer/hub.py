@@ -155,20 +155,54 @@ def copy_weights_by_name(source, target, what):
         layer.set_weights(values)
 
 
+def architecture(model, spec_name=None):
+    """``(spec, depths, dims)`` of a model built by our constructors or by the trainer:
+    the registry entry named after the model (``"caformer_s18"``; a trainer's trunk
+    override ends in ``"_custom"``) and the trunk's size read from its blocks."""
+    name = spec_name or model.name
+    candidates = [name]
+    if name.endswith("_custom"):
+        candidates.append(name[: -len("_custom")])
+    if name == "poolformer_custom":  # the trainer's PoolFormer of any size
+        candidates.append("poolformer_s12")
+    spec = None
+    for candidate in candidates:
+        try:
+            spec = registry.resolve(candidate)
+            break
+        except ValueError:
+            continue
+    if spec is None:
+        raise ValueError(
+            f"model {model.name!r} is not named after a registered model; pass spec_name "
+            f"(one of {', '.join(sorted(registry.MODELS))})."
+        )
+    stages = models.stage_output_layers(model)
+    depths = tuple(int(models.porting._BLOCK_NAME.match(s.name)[2]) + 1 for s in stages)
+    dims = tuple(int(s.output.shape[-1]) for s in stages)
+    return spec, depths, dims
+
+
 def backbone_from_model(model, spec_name=None, image_shape=None):
     """A :class:`MetaFormerBackbone` holding the trunk weights of ``model``, a model built
-    by this library's constructors (with or without its top).
+    by this library's constructors or trained by ``keras-poolformer train`` (with or
+    without its top; its registry entry and trunk size from :func:`architecture`).
 
     Args:
         model: the Keras model.
-        spec_name: its registry name; by default the model's name (our constructors name
-            models after the registry).
+        spec_name: its registry name, when the model is not named after one.
         image_shape: the backbone's input shape (default: the model's).
     """
-    name = spec_name or model.name
+    spec, depths, dims = architecture(model, spec_name)
+    custom = (depths, dims) != (tuple(spec.config["depths"]), tuple(spec.config["dims"]))
     shape = image_shape or tuple(model.input_shape[1:])
-    backbone = MetaFormerBackbone(name, image_shape=shape)
-    copy_weights_by_name(model, backbone, f"model {model.name!r} into a {name} backbone")
+    backbone = MetaFormerBackbone(
+        spec.name,
+        image_shape=shape,
+        depths=depths if custom else None,
+        dims=dims if custom else None,
+    )
+    copy_weights_by_name(model, backbone, f"model {model.name!r} into a {spec.name} backbone")
     return backbone
 
 

@@ -26,7 +26,7 @@ import keras
 import keras_hub
 import numpy as np
 
-from keras_poolformer import hub, imagenet, models, registry
+from keras_poolformer import hub, imagenet, registry
 from keras_poolformer.baselines.layers import MlpHead
 from keras_poolformer.layers import ImageNormalization
 
@@ -275,34 +275,6 @@ class MetaFormerImageClassifier(keras_hub.models.ImageClassifier):
         return config
 
 
-def _architecture(model, spec_name):
-    """``(spec, depths, dims)`` of a model built by our constructors or by the trainer:
-    the registry entry named after the model (``"caformer_s18"``; a trainer's trunk
-    override ends in ``"_custom"``) and the trunk's size read from its blocks."""
-    name = spec_name or model.name
-    candidates = [name]
-    if name.endswith("_custom"):
-        candidates.append(name[: -len("_custom")])
-    if name == "poolformer_custom":  # the trainer's PoolFormer of any size
-        candidates.append("poolformer_s12")
-    spec = None
-    for candidate in candidates:
-        try:
-            spec = registry.resolve(candidate)
-            break
-        except ValueError:
-            continue
-    if spec is None:
-        raise ValueError(
-            f"model {model.name!r} is not named after a registered model; pass spec_name "
-            f"(one of {', '.join(sorted(registry.MODELS))})."
-        )
-    stages = models.stage_output_layers(model)
-    depths = tuple(int(models.porting._BLOCK_NAME.match(s.name)[2]) + 1 for s in stages)
-    dims = tuple(int(s.output.shape[-1]) for s in stages)
-    return spec, depths, dims
-
-
 def classifier_from_model(model, crop_pct=None, image_size=None, spec_name=None):
     """A :class:`MetaFormerImageClassifier`, with its preprocessor, holding the weights of
     ``model``, a classifier built by this library's constructors (``PoolFormerS12``,
@@ -326,7 +298,7 @@ def classifier_from_model(model, crop_pct=None, image_size=None, spec_name=None)
     >>> classifier.predict(np.zeros((1, 300, 400, 3), "uint8")).shape
     (1, 1000)
     """
-    spec, depths, dims = _architecture(model, spec_name)
+    spec, depths, dims = hub.architecture(model, spec_name)
     names = {layer.name: layer for layer in model.layers}
     if "head" not in names:
         raise ValueError(f"model {model.name!r} has no classifier (built with include_top=False).")
