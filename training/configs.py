@@ -500,13 +500,12 @@ _DENSE = dict(
 )
 
 # RetinaNet on ../shared/data/raccoon (first 160 annotations by sorted name train, the
-# last 40 validate), 192 px letterboxed images, flips. Sized for 2 CPU cores: one step of
-# batch 8 at 256 px took 7.7 s there (RetinaNet's 256-channel heads dominate), at 192 px
-# about half that, so 8 epochs (160 steps) take about a quarter of an hour.
+# last 40 validate), 192 px letterboxed images, flips; 12 epochs (240 steps), sized for 2
+# CPU cores (a step of batch 8 at 256 px took 7.7 s there without tcmalloc).
 CONFIGS["raccoon_retinanet"] = Config(
     task="detection",
     image_size=192,
-    epochs=8,
+    epochs=12,
     checkpoint_every=40,
     eval_every=4,
     note="keras-poolformer train --config raccoon_retinanet --data voc:../shared/data/"
