@@ -509,13 +509,15 @@ CONFIGS["raccoon_retinanet"] = Config(
     checkpoint_every=40,
     eval_every=4,
     note="keras-poolformer train --config raccoon_retinanet --data voc:../shared/data/"
-    "raccoon --init runs/imagenette --output runs/raccoon",
+    "raccoon --init runs/imagenette --output runs/raccoon, on 2 CPU cores with tcmalloc, "
+    "16.9 min: val mAP@0.5 0.762, mAP@0.5:0.95 0.283 from a 4-epoch Imagenette trunk "
+    "(docs/dense.md).",
     **_DENSE,
 )
 
 # DeepLabV3+ (KerasHub's DeepLabV3 with its P2 decoder) on ../shared/data/camvid (367
 # train, 101 val, 11 classes, label 11 ignored), 192 px crops of scale 0.5-2 jitter,
-# evaluated on the whole 360x480 images; 4 epochs (184 steps) to fit 2 CPU cores.
+# evaluated on the whole 360x480 images; 4 epochs (180 steps) to fit 2 CPU cores.
 CONFIGS["camvid_deeplab"] = Config(
     task="segmentation",
     image_size=192,
@@ -523,7 +525,8 @@ CONFIGS["camvid_deeplab"] = Config(
     checkpoint_every=100,
     eval_every=2,
     note="keras-poolformer train --config camvid_deeplab --data masks:../shared/data/camvid "
-    "--init runs/imagenette --output runs/camvid",
+    "--init runs/imagenette --output runs/camvid, on 2 CPU cores with tcmalloc, 11.8 min: "
+    "val mIoU 0.173, pixel accuracy 55.1% from a 4-epoch Imagenette trunk (docs/dense.md).",
     **_DENSE,
 )
 
