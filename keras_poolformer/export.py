@@ -299,22 +299,25 @@ def export_tflite(model, path, quantize="none", calibration_images=None):
         raise ValueError("int8 quantization needs calibration images.")
     import keras
 
+    from keras_poolformer.layers import mlp_as_convs
+
     size = _image_size(model)
     logits_of = logits_model(model)
     # Converting through a SavedModel reads Keras 3's variables correctly; converting
     # the concrete function directly does not.
     archive = keras.export.ExportArchive()
     archive.track(logits_of)
-    archive.add_endpoint(
-        "logits",
-        tf.function(
-            lambda images: logits_of(images, training=False),
-            input_signature=[tf.TensorSpec([1, size, size, 3], tf.float32, name="images")],
-        ),
-    )
     staging = tempfile.mkdtemp(prefix="keras_poolformer_tflite_")
     try:
-        archive.write_out(staging, verbose=False)
+        with mlp_as_convs():  # traced here: LiteRT's graph keeps its 1x1 convs
+            archive.add_endpoint(
+                "logits",
+                tf.function(
+                    lambda images: logits_of(images, training=False),
+                    input_signature=[tf.TensorSpec([1, size, size, 3], tf.float32, name="images")],
+                ),
+            )
+            archive.write_out(staging, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(staging, signature_keys=["logits"])
         flatbuffer = _convert(converter, quantize, calibration_images)
     finally:
@@ -363,17 +366,27 @@ def run_tflite(path, images):
 
 def export_onnx(model, path, opset=17):
     """Writes an ONNX model of ``model``'s logits (input ``images``: batch x size x
-    size x 3, RGB 0..255) through tf2onnx. Returns the file size in bytes."""
+    size x 3, RGB 0..255) through tf2onnx. Returns the file size in bytes.
+
+    The graph is then respelled where onnxruntime fuses a function only in one
+    spelling (:mod:`keras_poolformer.onnx_passes`: the exact GELU and the one-group
+    norm, as PyTorch's exporter writes them); the file stays standard ONNX.
+    """
+    import onnx
     import tensorflow as tf
     import tf2onnx
 
-    from keras_poolformer import files
+    from keras_poolformer import files, onnx_passes
+    from keras_poolformer.layers import mlp_as_convs
 
     size = _image_size(model)
     logits_of = logits_model(model)
     function = tf.function(lambda images: logits_of(images, training=False))
     signature = [tf.TensorSpec([None, size, size, 3], tf.float32, name="images")]
-    proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=opset)
+    with mlp_as_convs():  # traced here: 1x1 convs keep onnxruntime's layout
+        proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=opset)
+    onnx_passes.for_onnxruntime(proto)
+    onnx.checker.check_model(proto)
     data = proto.SerializeToString()
     with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(data)

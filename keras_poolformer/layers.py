@@ -8,6 +8,8 @@ the reason stands next to it.
 Reference: Yu et al., "MetaFormer is Actually What You Need for Vision", CVPR 2022.
 """
 
+import contextlib
+
 import keras
 from keras import ops
 
@@ -32,6 +34,28 @@ __all__ = [
     "PoolFormerBlock",
     "Pooling",
 ]
+
+# Whether ConvMlp traces as two Conv2D layers (see mlp_as_convs) or as matrix products.
+_MLP_AS_CONVS = [False]
+
+
+@contextlib.contextmanager
+def mlp_as_convs():
+    """Within this block, :class:`ConvMlp` traces as its two 1x1 ``Conv2D`` layers.
+
+    On TensorFlow it otherwise traces as matrix products, which TensorFlow's own
+    runtime fuses with the GELU; the TFLite and ONNX exporters trace inside this block,
+    because their runtimes run a 1x1 conv at least as fast and keep the layout of the
+    pooling convs around it (onnxruntime: fewer layout transposes, LiteRT: the int8
+    graph measured in benchmarks/results). Both forms compute the same function.
+    """
+    previous = _MLP_AS_CONVS[0]
+    _MLP_AS_CONVS[0] = True
+    try:
+        yield
+    finally:
+        _MLP_AS_CONVS[0] = previous
+
 
 # ImageNet statistics the official models were trained with (RGB, on pixels / 255).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -65,7 +89,39 @@ class ConvMlp(keras.layers.Layer):
         self.fc2.build((*input_shape[:-1], self.hidden_dim))
 
     def call(self, inputs):
-        return self.fc2(activate(self.fc1(inputs), self.activation))
+        if keras.backend.backend() != "tensorflow" or _MLP_AS_CONVS[0]:
+            return self.fc2(activate(self.fc1(inputs), self.activation))
+        return self._matmul_call(inputs)
+
+    def _matmul_call(self, inputs):
+        """The same function as two matrix products over all pixels, for TensorFlow.
+
+        A 1x1 conv is a matrix product; written as ``MatMul`` + ``BiasAdd`` + the erf
+        GELU, TensorFlow's oneDNN graph rewrite (on where ``TF_ENABLE_ONEDNN_OPTS`` is
+        on: the default on Intel CPUs with AVX-512 VNNI or AMX, ``=1`` elsewhere) fuses
+        the three into one kernel, which it never does after ``Conv2D``. The GELU's
+        five element-wise passes over the widest tensor of the block were a fifth of
+        S12's inference time (docs/performance.md). The weights stay the convs' own.
+        """
+        import tensorflow as tf
+
+        x = tf.reshape(inputs, [-1, inputs.shape[-1]])
+        x = activate(self._linear(x, self.fc1), self.activation)
+        x = self._linear(x, self.fc2)
+        height, width = inputs.shape[1:3]
+        if height is None or width is None:
+            return tf.reshape(x, tf.concat([tf.shape(inputs)[:-1], [self.out_dim]], axis=0))
+        # A constant shape: TFLite's XNNPACK delegate takes a RESHAPE only with one.
+        return tf.reshape(x, [-1, height, width, self.out_dim])
+
+    @staticmethod
+    def _linear(x, conv):
+        """``x @ W + b`` with a 1x1 conv's weights, as MatMul and BiasAdd (the pattern
+        the oneDNN rewrite looks for: a plain addition is not fused)."""
+        import tensorflow as tf
+
+        kernel = ops.cast(conv.kernel[0, 0], x.dtype)
+        return tf.nn.bias_add(tf.matmul(x, kernel), ops.cast(conv.bias, x.dtype))
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.out_dim)

@@ -1,0 +1,125 @@
+"""The forms our graphs take so that each runtime fuses them (issue 16).
+
+TensorFlow: the MLP traces as MatMul + BiasAdd + erf GELU, which the oneDNN remapper
+fuses into one ``_FusedMatMul`` (``GeluExact``) when ``TF_ENABLE_ONEDNN_OPTS`` is on;
+inside ``mlp_as_convs()`` (the exporters) it traces as its 1x1 convs; both compute the
+same function. onnxruntime: our ONNX export's GELU and norms become ``Gelu`` and
+``InstanceNormalization`` kernels in onnxruntime's optimised graph, as the PyTorch
+reference's do. A change that breaks a pattern fails here, not only in the benchmark.
+"""
+
+import collections
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import keras_poolformer as kp
+from keras_poolformer import export
+from keras_poolformer.layers import mlp_as_convs
+
+DEPTHS, DIMS, SIZE = (1, 1, 2, 1), (8, 16, 16, 16), 32
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return kp.PoolFormer(depths=DEPTHS, dims=DIMS, input_shape=(SIZE, SIZE, 3))
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    return np.random.default_rng(0).uniform(0, 255, (3, SIZE, SIZE, 3)).astype(np.float32)
+
+
+def test_mlp_as_matrix_products_computes_what_the_convs_do(tiny, pixels):
+    import tensorflow as tf
+
+    as_matmuls = tf.function(lambda x: tiny(x, training=False))
+    as_convs = tf.function(lambda x: tiny(x, training=False))
+    with mlp_as_convs():
+        expected = as_convs(pixels).numpy()
+    got = as_matmuls(pixels).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    ops = {op.type for op in as_matmuls.get_concrete_function(pixels).graph.get_operations()}
+    assert "MatMul" in ops and "BiasAdd" in ops
+    with mlp_as_convs():
+        convs = as_convs.get_concrete_function(pixels).graph.get_operations()
+    assert [op.type for op in convs].count("MatMul") == 1  # the head's Dense alone
+
+
+_GRAPPLER = textwrap.dedent(
+    """
+    import collections, json, sys
+    import tensorflow as tf
+    import keras_poolformer as kp
+    from tensorflow.core.protobuf import config_pb2
+    from tensorflow.python.grappler import tf_optimizer
+
+    depths, dims, size = json.loads(sys.argv[1])
+    model = kp.PoolFormer(depths=depths, dims=dims, input_shape=(size, size, 3))
+    function = tf.function(lambda x: model(x, training=False))
+    concrete = function.get_concrete_function(tf.TensorSpec([2, size, size, 3], tf.float32))
+    graph_def = concrete.graph.as_graph_def()
+    for node in graph_def.node:  # the remapper rewrites only nodes placed on a CPU
+        node.device = "/job:localhost/replica:0/task:0/device:CPU:0"
+    meta = tf.compat.v1.train.export_meta_graph(graph_def=graph_def, graph=concrete.graph)
+    fetches = meta.collection_def["train_op"].node_list.value
+    fetches.extend(t.name.split(":")[0] for t in concrete.outputs)
+    optimised = tf_optimizer.OptimizeGraph(config_pb2.ConfigProto(), meta)
+    nodes = list(optimised.node) + [n for f in optimised.library.function for n in f.node_def]
+    kinds = collections.Counter(
+        n.op + "+".join([""] + [s.decode() for s in n.attr["fused_ops"].list.s])
+        for n in nodes
+    )
+    print(json.dumps(kinds))
+    """
+)
+
+
+@pytest.mark.parametrize("onednn", ["1", "0"])
+def test_onednn_fuses_each_mlp_gelu_into_its_matmul(onednn):
+    """In a fresh process (the switch is read when TensorFlow loads)."""
+    import json
+
+    result = subprocess.run(
+        [sys.executable, "-c", _GRAPPLER, json.dumps([DEPTHS, DIMS, SIZE])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "TF_ENABLE_ONEDNN_OPTS": onednn},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    kinds = json.loads(result.stdout.strip().splitlines()[-1])
+    fused = kinds.get("_FusedMatMul+BiasAdd+GeluExact", 0)
+    if onednn == "1":
+        assert fused == sum(DEPTHS), kinds
+        assert "Erf" not in kinds, kinds
+    else:  # without oneDNN TensorFlow has no fused GELU: the pattern is left alone
+        assert fused == 0 and kinds.get("Erf") == sum(DEPTHS), kinds
+
+
+def test_onnx_export_becomes_fused_kernels_in_onnxruntime(tiny, pixels, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("tf2onnx")
+    folded = export.fold(tiny)
+    path = tmp_path / "tiny.onnx"
+    export.export_onnx(folded, path)
+    written = collections.Counter(node.op_type for node in onnx.load(path).graph.node)
+    assert written["InstanceNormalization"] == 2 * sum(DEPTHS) + 1  # and the final norm
+    assert written["Erf"] == sum(DEPTHS) and written["Div"] == sum(DEPTHS)
+    assert not {"Reciprocal", "Sqrt"} & set(written)
+    assert written["GlobalAveragePool"] == 1  # the head's pooling; no norm's means left
+
+    options = onnxruntime.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    optimised = collections.Counter(
+        node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node
+    )
+    assert optimised["Gelu"] == sum(DEPTHS) and optimised["Erf"] == 0, optimised
+    logits = session.run(None, {"images": pixels})[0]
+    np.testing.assert_allclose(logits, export.logits_model(tiny)(pixels).numpy(), atol=1e-4)
