@@ -6,8 +6,9 @@
     python benchmarks/speed_experiments.py profile --train   # one AdamW step at batch 32
 
 ``threads`` and ``forms`` alternate their contenders round by round, one worker process
-each, with the machinery of ``benchmark.py``; ``profile`` runs one form under the
-TensorFlow profiler and prints where the time goes, by part of the block.
+each, with the benchmark's machinery (``benchmarks/metaformer_bench``); ``profile`` runs
+one form under the TensorFlow profiler and prints where the time goes, by part of the
+block.
 
 The alternative forms are experimental code, not the library's: they replace
 ``ConvMlp.call`` or ``ModifiedLayerNorm.call`` in the worker process only, before the
@@ -22,9 +23,10 @@ import os
 import tempfile
 from functools import partial
 
-import benchmark  # the sibling benchmarks/benchmark.py: its workers and rounds
 import numpy as np
-from benchmark import SIZE, Bench, Contender, Settings
+from metaformer_bench.contenders import Contender, configured_tensorflow, keras_train
+from metaformer_bench.runner import Bench, call_in_process
+from metaformer_bench.settings import SEED, SIZE, Settings
 
 _INV_SQRT2 = 0.7071067811865476
 
@@ -74,7 +76,7 @@ def load_form(
     settings, fold=False, mlp="conv", norm="moments", jit_compile=False, policy="float32"
 ):
     """The S12 logits with some parts replaced (in this process only), as a predict()."""
-    tf = benchmark.configured_tensorflow(settings)
+    tf = configured_tensorflow(settings)
     import keras
 
     from keras_poolformer import export, layers
@@ -139,17 +141,17 @@ FORMS = [
 
 def _write_weights(settings):
     """The ported S12 weights every form loads (random, seeded)."""
-    benchmark.configured_tensorflow(settings)
+    configured_tensorflow(settings)
     import keras
 
     import keras_poolformer as kp
 
-    keras.utils.set_random_seed(benchmark.SEED)
+    keras.utils.set_random_seed(SEED)
     kp.PoolFormerS12(weights=None).save_weights(settings.artifact("weights"))
 
 
 def compare(contenders, settings, args, log_dir):
-    benchmark.call_in_process(os.path.join(log_dir, "weights.log"), _write_weights, settings)
+    call_in_process(os.path.join(log_dir, "weights.log"), _write_weights, settings)
     bench = Bench([[c] for c in contenders], settings, log_dir, print)
     try:
         bench.warm_up(args.batches)
@@ -207,7 +209,7 @@ def _pass(op_name):
 
 def profile(settings, args):
     """Prints the op time of one form by part of the network, and the top op types."""
-    benchmark.configured_tensorflow(settings)
+    configured_tensorflow(settings)
     _write_weights(settings)
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
@@ -215,7 +217,7 @@ def profile(settings, args):
     images = np.random.default_rng(0).uniform(0, 255, (args.batch, SIZE, SIZE, 3))
     images = images.astype(np.float32)
     if args.train:  # one AdamW step of the library model, as the benchmark times it
-        step = benchmark.load_keras_train(settings)
+        step = keras_train(settings)
         labels = np.random.default_rng(1).integers(0, 1000, args.batch)
 
         def predict(images):
