@@ -1,6 +1,6 @@
 """Speed and memory of keras_poolformer against the PyTorch references, in one run (issue 7).
 
-    python benchmarks/benchmark.py             # full run: about 45 minutes on 2 cores
+    python benchmarks/benchmark.py             # full run: about 70 minutes on 2 cores
     python benchmarks/benchmark.py --quick     # smoke run of every part: about 12 minutes
     python benchmarks/benchmark.py --output DIR --threads 2 --phases inference --no-spin
     python benchmarks/benchmark.py --quick --phases gpu --gpu-phase-on-cpu
