@@ -97,8 +97,8 @@ class ConvMlp(keras.layers.Layer):
         """The same function as two matrix products over all pixels, for TensorFlow.
 
         A 1x1 conv is a matrix product; written as ``MatMul`` + ``BiasAdd`` + the erf
-        GELU, TensorFlow's oneDNN graph rewrite (on where ``TF_ENABLE_ONEDNN_OPTS`` is
-        on: the default on Intel CPUs with AVX-512 VNNI or AMX, ``=1`` elsewhere) fuses
+        GELU, TensorFlow's oneDNN graph rewrite (on by default on CPUs with AVX-512
+        VNNI or BF16, AVX-VNNI or AMX; ``TF_ENABLE_ONEDNN_OPTS=1`` elsewhere) fuses
         the three into one kernel, which it never does after ``Conv2D``. The GELU's
         five element-wise passes over the widest tensor of the block were a fifth of
         S12's inference time (docs/performance.md). The weights stay the convs' own.
@@ -111,7 +111,7 @@ class ConvMlp(keras.layers.Layer):
         height, width = inputs.shape[1:3]
         if height is None or width is None:
             return tf.reshape(x, tf.concat([tf.shape(inputs)[:-1], [self.out_dim]], axis=0))
-        # A constant shape: TFLite's XNNPACK delegate takes a RESHAPE only with one.
+        # A constant shape where the spatial size is known: no shape ops in the graph.
         return tf.reshape(x, [-1, height, width, self.out_dim])
 
     @staticmethod
