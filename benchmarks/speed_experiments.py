@@ -4,8 +4,10 @@
     python benchmarks/speed_experiments.py forms       # folding, XLA, MLP as matmul, norm
     python benchmarks/speed_experiments.py profile --form folded_matmul --batch 32
     python benchmarks/speed_experiments.py profile --train   # one AdamW step at batch 32
+    python benchmarks/speed_experiments.py profile --saved-model --onednn --batch 1
+    python benchmarks/speed_experiments.py train       # training step: memory and speed
 
-``threads`` and ``forms`` alternate their contenders round by round, one worker process
+``threads``, ``forms`` and ``train`` alternate their contenders round by round, one worker process
 each, with the benchmark's machinery (``benchmarks/metaformer_bench``); ``profile`` runs
 one form under the TensorFlow profiler and prints where the time goes, by part of the
 block.
@@ -24,11 +26,23 @@ import tempfile
 from functools import partial
 
 import numpy as np
-from metaformer_bench.contenders import Contender, configured_tensorflow, keras_train
+from metaformer_bench.contenders import (
+    Contender,
+    configured_tensorflow,
+    configured_torch,
+    keras_train,
+    keras_train_step,
+    onednn_on,
+    torch_train_step,
+    transformers_reference,
+)
+from metaformer_bench.phases import measure_training
+from metaformer_bench.prepare import reference_artifacts
 from metaformer_bench.runner import Bench, call_in_process
-from metaformer_bench.settings import SEED, SIZE, Settings
+from metaformer_bench.settings import FULL, SEED, SIZE, Settings
 
 _INV_SQRT2 = 0.7071067811865476
+TRAIN_MODE = FULL  # batch 32 and the time per measurement of the full benchmark
 
 
 # --- Alternative forms of the block's parts (experimental) ------------------------------
@@ -136,6 +150,125 @@ FORMS = [
 ]
 
 
+# --- Training step: what peak memory is made of, and what it costs to cut ----------------
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt() parameter numbers
+_M_TRIM_THRESHOLD = -1
+
+
+def _mmap_large_blocks(threshold=1 << 20):
+    """glibc malloc with a fixed mmap threshold: every block over ``threshold`` bytes is
+    its own mapping, handed back to the system when freed. By default the threshold
+    grows with the blocks freed (up to 32 MiB), after which activations and gradients
+    come from the heap, whose freed pages stay resident: peak RSS then counts memory
+    that is free. (``mallopt`` takes effect at once; no restart is needed.)"""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    if not libc.mallopt(_M_MMAP_THRESHOLD, threshold) or not libc.mallopt(
+        _M_TRIM_THRESHOLD, threshold
+    ):
+        raise RuntimeError("mallopt failed: not glibc?")
+
+
+def _autodiff_gradients():
+    """The GELU's and MLN's gradients by autodiff through their forward passes, as
+    before the library wrote them out (``mixers.gelu_with_gradient``,
+    ``norms._normalise_with_gradient``): the same forward values. In this process only."""
+    from keras_poolformer import mixers, norms
+
+    mixers.gelu_with_gradient = lambda x: 0.5 * x * (1.0 + mixers.ops.erf(x * _INV_SQRT2))
+    norms._normalise_with_gradient = norms._normalise
+
+
+def _train(settings, onednn=False, mmap=False, remat=False, autodiff=False):
+    """The benchmark's Keras training step (AdamW, batch 32) with one change or more:
+    oneDNN on, glibc's large blocks mapped (:func:`_mmap_large_blocks`), autodiff's
+    gradients for GELU and MLN (:func:`_autodiff_gradients`), or each
+    PoolFormer block recomputed in the backward pass (:func:`_recompute_blocks`, which keeps
+    only each block's input and recomputes its activations when the gradient needs them)."""
+    if onednn:
+        onednn_on()
+    if mmap:
+        _mmap_large_blocks()
+    if remat:
+        _recompute_blocks()
+    if autodiff:
+        _autodiff_gradients()
+    return keras_train_step(settings)
+
+
+def _recompute_blocks():
+    """Each PoolFormer block's forward pass runs again in the backward pass
+    (``tf.recompute_grad``): only the block's input is kept, not its activations.
+    (``keras.RematScope`` cannot do this on TensorFlow: its ``custom_gradient`` refuses
+    the ``training`` keyword in graph mode.) In this process only."""
+    import tensorflow as tf
+
+    from keras_poolformer.layers import PoolFormerBlock
+
+    forward = PoolFormerBlock.call
+
+    def call(self, inputs, training=None):
+        return tf.recompute_grad(lambda x: forward(self, x, training=training))(inputs)
+
+    PoolFormerBlock.call = call
+
+
+def _torch_train(settings):
+    torch = configured_torch(settings)
+    return torch_train_step(torch, transformers_reference(settings))
+
+
+TRAIN = [
+    Contender("library", "Keras train step", partial(_train), training=True),
+    Contender("mmap", "glibc large blocks mapped", partial(_train, mmap=True), training=True),
+    Contender("remat", "blocks recomputed", partial(_train, remat=True), training=True),
+    Contender("onednn", "oneDNN on", partial(_train, onednn=True), training=True),
+    Contender(
+        "onednn_remat",
+        "oneDNN on, blocks recomputed",
+        partial(_train, onednn=True, remat=True),
+        training=True,
+    ),
+    Contender("autodiff", "GELU, MLN by autodiff", partial(_train, autodiff=True), training=True),
+    Contender(
+        "onednn_autodiff",
+        "oneDNN on, GELU, MLN by autodiff",
+        partial(_train, onednn=True, autodiff=True),
+        training=True,
+    ),
+    Contender("torch", "PyTorch reference, eager", _torch_train, training=True),
+]
+
+
+def _write_reference(settings):
+    """S12's weights and the transformers reference holding them, in the work folder."""
+    configured_tensorflow(settings)
+    reference_artifacts(settings)
+
+
+def train(contenders, settings, args, log_dir):
+    """Times the training contenders, alternating, and prints img/s and peak RSS."""
+    call_in_process(os.path.join(log_dir, "reference.log"), _write_reference, settings)
+    mode = dataclasses.replace(TRAIN_MODE, train_rounds=args.rounds)
+    rows = measure_training(contenders, mode, settings, log_dir, print)
+    base = rows[0]
+    print("\n| training step, batch 32 | img/s | vs first | peak RSS MiB | in rounds |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        if row["error"]:
+            print(f"| {row['label']} | failed: {row['error'].strip().splitlines()[-1]} |")
+            continue
+        speed = row["speed"][str(mode.train_batch)]["median"]
+        first = base["speed"][str(mode.train_batch)]["median"]
+        memory = row.get("memory", {})
+        print(
+            f"| {row['label']} | {speed:.2f} | {speed / first:.2f}x | "
+            f"{memory.get('peak_rss_mib')} | {memory.get('peak_rss_in_rounds_mib')} |"
+        )
+
+
 # --- Running them ------------------------------------------------------------------------
 
 
@@ -207,16 +340,40 @@ def _pass(op_name):
     return "optimizer" if "adamw" in op_name.lower() else "forward"
 
 
+def _saved_model_predict(settings, model):
+    """Exports ``model`` (seeded random weights) folded as ``keras-poolformer export``
+    does, and returns its ``predict_pixels`` as TensorFlow serves it."""
+    import keras
+
+    import keras_poolformer as kp
+    from keras_poolformer import export
+
+    keras.utils.set_random_seed(SEED)
+    spec = kp.registry.resolve(model)
+    net = getattr(kp, spec.constructor)(weights=None)
+    folder = os.path.join(settings.workdir, "saved_model")
+    export.export_saved_model(export.fold(net), folder)
+    keras.backend.clear_session()
+    tf = configured_tensorflow(settings)
+    signature = tf.saved_model.load(folder).signatures["predict_pixels"]
+    return lambda images: signature(images=tf.convert_to_tensor(images))["logits"]
+
+
 def profile(settings, args):
     """Prints the op time of one form by part of the network, and the top op types."""
+    if args.onednn:
+        onednn_on()
     configured_tensorflow(settings)
-    _write_weights(settings)
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     images = np.random.default_rng(0).uniform(0, 255, (args.batch, SIZE, SIZE, 3))
     images = images.astype(np.float32)
-    if args.train:  # one AdamW step of the library model, as the benchmark times it
+    if args.saved_model:
+        predict = _saved_model_predict(settings, args.model)
+        args.form = f"{args.model} SavedModel predict_pixels"
+    elif args.train:  # one AdamW step of the library model, as the benchmark times it
+        _write_weights(settings)
         step = keras_train(settings)
         labels = np.random.default_rng(1).integers(0, 1000, args.batch)
 
@@ -225,7 +382,10 @@ def profile(settings, args):
 
         args.form = "library, training step"
     else:
+        _write_weights(settings)
         predict = {c.name: c for c in FORMS}[args.form].load(settings)
+    if args.onednn:
+        args.form += ", oneDNN on"
     predict(images)
     predict(images)
     calls = 3
@@ -264,7 +424,7 @@ def profile(settings, args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("experiment", choices=("threads", "forms", "profile"))
+    parser.add_argument("experiment", choices=("threads", "forms", "profile", "train"))
     parser.add_argument("--only", nargs="+", help="contender names to keep")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--rounds", type=int, default=6)
@@ -274,6 +434,11 @@ def main():
     parser.add_argument(
         "--train", action="store_true", help="for profile: one training step instead"
     )
+    parser.add_argument(
+        "--saved-model", action="store_true", help="for profile: the exported SavedModel instead"
+    )
+    parser.add_argument("--model", default="s12", help="for profile --saved-model")
+    parser.add_argument("--onednn", action="store_true", help="TF_ENABLE_ONEDNN_OPTS=1")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with tempfile.TemporaryDirectory(prefix="poolformer_experiments_") as workdir:
@@ -281,10 +446,10 @@ def main():
         if args.experiment == "profile":
             profile(settings, args)
             return
-        contenders = THREADS if args.experiment == "threads" else FORMS
+        contenders = {"threads": THREADS, "forms": FORMS, "train": TRAIN}[args.experiment]
         if args.only:
             contenders = [c for c in contenders if c.name in args.only]
-        compare(contenders, settings, args, workdir)
+        (train if args.experiment == "train" else compare)(contenders, settings, args, workdir)
 
 
 if __name__ == "__main__":

@@ -299,6 +299,7 @@ def export_tflite(model, path, quantize="none", calibration_images=None):
         raise ValueError("int8 quantization needs calibration images.")
     import keras
 
+    from keras_poolformer.baselines.deploy import depthwise_in_rows
     from keras_poolformer.layers import mlp_as_convs
 
     size = _image_size(model)
@@ -309,7 +310,9 @@ def export_tflite(model, path, quantize="none", calibration_images=None):
     archive.track(logits_of)
     staging = tempfile.mkdtemp(prefix="keras_poolformer_tflite_")
     try:
-        with mlp_as_convs():  # traced here: LiteRT's graph keeps its 1x1 convs
+        # Traced here: LiteRT's graph keeps its 1x1 convs, and a folded ConvFormer's
+        # 7x7 depthwise convs are three dilated 3x7 ones, each in XNNPACK's fast path.
+        with mlp_as_convs(), depthwise_in_rows():
             archive.add_endpoint(
                 "logits",
                 tf.function(

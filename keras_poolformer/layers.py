@@ -88,12 +88,12 @@ class ConvMlp(keras.layers.Layer):
         self.fc1.build(input_shape)
         self.fc2.build((*input_shape[:-1], self.hidden_dim))
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         if keras.backend.backend() != "tensorflow" or _MLP_AS_CONVS[0]:
-            return self.fc2(activate(self.fc1(inputs), self.activation))
-        return self._matmul_call(inputs)
+            return self.fc2(activate(self.fc1(inputs), self.activation, training))
+        return self._matmul_call(inputs, training)
 
-    def _matmul_call(self, inputs):
+    def _matmul_call(self, inputs, training=None):
         """The same function as two matrix products over all pixels, for TensorFlow.
 
         A 1x1 conv is a matrix product; written as ``MatMul`` + ``BiasAdd`` + the erf
@@ -106,7 +106,7 @@ class ConvMlp(keras.layers.Layer):
         import tensorflow as tf
 
         x = tf.reshape(inputs, [-1, inputs.shape[-1]])
-        x = activate(self._linear(x, self.fc1), self.activation)
+        x = activate(self._linear(x, self.fc1), self.activation, training)
         x = self._linear(x, self.fc2)
         height, width = inputs.shape[1:3]
         if height is None or width is None:

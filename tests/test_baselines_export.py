@@ -21,7 +21,7 @@ from timm_reference import official_state_dict, reference_model
 
 import keras_poolformer as kp
 from keras_poolformer import export, registry
-from keras_poolformer.baselines import MetaFormerBaseline, layout
+from keras_poolformer.baselines import MetaFormerBaseline, deploy, layout
 
 pytest.importorskip("ai_edge_litert")
 pytest.importorskip("onnxruntime")
@@ -125,6 +125,39 @@ def test_tflite_fp32_and_onnx_match_keras(artifacts, pixels):
     assert np.abs(onnx - expected).max() <= TOLERANCE
     # float32 runs wholly inside XNNPACK (the unfolded attention's q/k/v slices did not)
     assert export.ops_outside_xnnpack(artifacts["folder"] / "fp32.tflite") == {}
+    # and every depthwise kernel in XNNPACK's one-pass path (SepConv's 7x7s in rows)
+    taps = depthwise_taps(artifacts["folder"] / "fp32.tflite")
+    assert taps and max(taps) <= deploy.XNNPACK_DEPTHWISE_TAPS, taps
+    if artifacts["name"] == "convformer_s18":  # 18 blocks, 3 dilated 3x7 convs each
+        assert sorted(set(taps)) == [21] and len(taps) == 3 * 18
+
+
+def depthwise_taps(path):
+    """Kernel height x width of each DEPTHWISE_CONV_2D in a TFLite file."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    shapes = {t["index"]: t["shape"] for t in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()
+    return [
+        int(shapes[op["inputs"][1]][1] * shapes[op["inputs"][1]][2])
+        for op in ops
+        if op["op_name"] == "DEPTHWISE_CONV_2D"
+    ]
+
+
+@pytest.mark.parametrize("size", [3, 5, 7, 9])
+def test_depthwise_in_rows_is_the_same_convolution(size):
+    """LiteRT's form of a large depthwise kernel: dilated three-row convolutions whose
+    sum is the one "same"-padded convolution (odd sizes; 3 and 5 stay as they are)."""
+    rng = np.random.default_rng(size)
+    x = rng.normal(size=(2, 13, 11, 6)).astype("float32")
+    kernel = rng.normal(size=(size, size, 6, 1)).astype("float32")
+    expected = keras.ops.depthwise_conv(x, kernel, padding="same")
+    got = deploy.depthwise_rows(x, kernel)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=2e-5)
+    with pytest.raises(ValueError, match="odd square kernel"):
+        deploy.depthwise_rows(x, kernel[:, :-1])
 
 
 # What stays outside XNNPACK in the folded int8 files (LiteRT 2.x): per LayerNorm the

@@ -5,7 +5,9 @@ fuses into one ``_FusedMatMul`` (``GeluExact``) when ``TF_ENABLE_ONEDNN_OPTS`` i
 inside ``mlp_as_convs()`` (the exporters) it traces as its 1x1 convs; both compute the
 same function. onnxruntime: our ONNX export's GELU and norms become ``Gelu`` and
 ``InstanceNormalization`` kernels in onnxruntime's optimised graph, as the PyTorch
-reference's do. A change that breaks a pattern fails here, not only in the benchmark.
+reference's do. A change that breaks a pattern fails here, not only in the benchmark. Training: the
+GELU's and MLN's gradients, written out so that the backward pass keeps less, equal
+autodiff's and TensorFlow's own GELU gradient.
 """
 
 import collections
@@ -123,3 +125,98 @@ def test_onnx_export_becomes_fused_kernels_in_onnxruntime(tiny, pixels, tmp_path
     assert optimised["Gelu"] == sum(DEPTHS) and optimised["Erf"] == 0, optimised
     logits = session.run(None, {"images": pixels})[0]
     np.testing.assert_allclose(logits, export.logits_model(tiny)(pixels).numpy(), atol=1e-4)
+
+
+# --- Training: the gradients written out ------------------------------------------------
+
+
+def _gradient(fn, x, upstream):
+    import tensorflow as tf
+
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = fn(x)
+    return y.numpy(), tape.gradient(y, x, output_gradients=tf.constant(upstream)).numpy()
+
+
+def test_gelu_gradient_written_out_is_tensorflows():
+    import tensorflow as tf
+
+    from keras_poolformer import mixers
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(4, 3, 3, 64)) * 3).astype(np.float32)
+    upstream = rng.normal(size=x.shape).astype(np.float32)
+    y, grad = _gradient(mixers.gelu_with_gradient, x, upstream)
+    y_tf, grad_tf = _gradient(lambda t: tf.nn.gelu(t, approximate=False), x, upstream)
+    np.testing.assert_allclose(y, mixers.activate(x, "gelu"), atol=0)  # forward unchanged
+    np.testing.assert_allclose(y, y_tf, atol=1e-5)
+    np.testing.assert_allclose(grad, grad_tf, atol=1e-5)
+
+
+def test_norm_gradient_written_out_is_autodiffs():
+    from keras_poolformer import norms
+
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(3, 5, 5, 16)) * 4 + 2).astype(np.float32)
+    upstream = rng.normal(size=x.shape).astype(np.float32)
+    y, grad = _gradient(lambda t: norms._normalise_with_gradient(t, 1e-5), x, upstream)
+    y_auto, grad_auto = _gradient(lambda t: norms._normalise(t, 1e-5), x, upstream)
+    np.testing.assert_array_equal(y, y_auto)
+    np.testing.assert_allclose(grad, grad_auto, atol=1e-5)
+    assert np.abs(grad).max() > 0.1  # not trivially zero
+
+
+def test_training_step_gradients_equal_autodiffs(monkeypatch, pixels):
+    """A whole PoolFormer's gradients in training (the written-out GELU and MLN
+    gradients) against the same model's by autodiff, with norm weights away from 1."""
+    import keras
+    import tensorflow as tf
+
+    from keras_poolformer import mixers, norms
+
+    keras.utils.set_random_seed(0)
+    model = kp.PoolFormer(
+        depths=DEPTHS, dims=DIMS, input_shape=(SIZE, SIZE, 3), classifier_activation=None
+    )
+    rng = np.random.default_rng(2)
+    for weight in model.weights:
+        if weight.path.endswith(("gamma", "beta", "scale")):
+            weight.assign(rng.normal(1.0, 0.5, weight.shape).astype(np.float32))
+    labels = rng.integers(0, 1000, len(pixels))
+
+    def gradients():
+        @tf.function
+        def step(x):
+            with tf.GradientTape() as tape:
+                logits = model(x, training=True)
+                loss = keras.losses.sparse_categorical_crossentropy(labels, logits, True)
+            return logits, tape.gradient(loss, model.trainable_weights)
+
+        logits, grads = step(pixels)
+        return logits.numpy(), [g.numpy() for g in grads]
+
+    calls = collections.Counter()
+
+    def counted(name, fn):
+        def wrapper(*args):
+            calls[name] += 1
+            return fn(*args)
+
+        return wrapper
+
+    monkeypatch.setattr(mixers, "gelu_with_gradient", counted("gelu", mixers.gelu_with_gradient))
+    monkeypatch.setattr(
+        norms, "_normalise_with_gradient", counted("norm", norms._normalise_with_gradient)
+    )
+    logits, grads = gradients()
+    # training takes them: each block's GELU, its two norms and the final norm
+    assert calls == {"gelu": sum(DEPTHS), "norm": 2 * sum(DEPTHS) + 1}
+    monkeypatch.setattr(mixers, "gelu_with_gradient", lambda x: mixers.activate(x, "gelu"))
+    monkeypatch.setattr(norms, "_normalise_with_gradient", norms._normalise)
+    logits_auto, grads_auto = gradients()
+    np.testing.assert_allclose(logits, logits_auto, atol=1e-5)
+    largest = max(np.abs(g).max() for g in grads_auto)
+    for weight, got, expected in zip(model.trainable_weights, grads, grads_auto, strict=True):
+        np.testing.assert_allclose(got, expected, atol=1e-4 * largest, err_msg=weight.path)
