@@ -351,8 +351,9 @@ def _saved_model_predict(settings, model):
     keras.utils.set_random_seed(SEED)
     spec = kp.registry.resolve(model)
     net = getattr(kp, spec.constructor)(weights=None)
-    folder = os.path.join(settings.workdir, "saved_model")
-    export.export_saved_model(export.fold(net), folder)
+    folder = export.export_saved_model(
+        export.fold(net), os.path.join(settings.workdir, "saved_model")
+    )
     keras.backend.clear_session()
     tf = configured_tensorflow(settings)
     signature = tf.saved_model.load(folder).signatures["predict_pixels"]

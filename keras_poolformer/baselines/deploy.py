@@ -10,7 +10,7 @@ import keras
 from keras import ops
 
 from keras_poolformer.baselines.layers import NORM_EPSILON, make_mixer
-from keras_poolformer.layers import LayerScale, ModifiedLayerNorm
+from keras_poolformer.layers import LayerScale, ModifiedLayerNorm, Pooling
 
 PACKAGE = "keras_poolformer"
 
@@ -177,7 +177,9 @@ class FoldedBaselineBlock(keras.layers.Layer):
     """A :class:`~keras_poolformer.baselines.layers.BaselineBlock` for inference,
     with norm1's weight in the mixer's first projection (SepConv, attention),
     norm2's in ``fc1``, the MLP's StarReLU in ``fc2`` (scale in the kernel, bias
-    as ``fc2``'s bias) and SepConv's StarReLU scale in its depthwise kernel."""
+    as ``fc2``'s bias) and SepConv's StarReLU scale in its depthwise kernel; pooling
+    (PoolFormerV2) as a depthwise sum (``Pooling(depthwise_sum=True)``, as a folded
+    S12's), which int8 LiteRT keeps in XNNPACK where an int8 ``AVERAGE_POOL_2D`` is not."""
 
     def __init__(self, dim, token_mixer, norm, mlp_ratio=4.0, res_scale=False, seed=0, **kwargs):
         super().__init__(**kwargs)
@@ -189,6 +191,8 @@ class FoldedBaselineBlock(keras.layers.Layer):
             self.token_mixer = FoldedSepConv(dim, 2 * dim, name="token_mixer")
         elif token_mixer == "attention":
             self.token_mixer = SplitAttention(dim, name="token_mixer")
+        elif token_mixer == "pooling":  # the window's sum as a depthwise conv, as S12's
+            self.token_mixer = Pooling(3, depthwise_sum=True, name="token_mixer")
         else:
             self.token_mixer = make_mixer(token_mixer, "token_mixer", seed=seed)
         self.norm2 = self._norm("norm2", scale=False)
