@@ -283,8 +283,14 @@ def export_tflite(model, path, quantize="none", calibration_images=None):
     TFLite runs inside XNNPACK, where an int8 ``AVERAGE_POOL_2D`` is not (S12 int8:
     about 150 img/s folded on 2 cores, about 95 unfolded). The baselines gain too
     (2 threads, ms per image unfolded -> folded: CAFormer-S18 float32 47 -> 40, int8
-    95 -> 63; ConvFormer-S18 float32 50 -> 51, int8 67 -> 41); :func:`ops_outside_xnnpack`
-    lists what still leaves the delegate.
+    95 -> 63; ConvFormer-S18 float32 50 -> 51, int8 67 -> 41, on an AVX-512 host);
+    :func:`ops_outside_xnnpack` lists what still leaves the delegate. Traced here, a
+    folded ConvFormer's 7x7 depthwise convs are three dilated 3x7 ones
+    (``baselines.deploy.depthwise_rows``: XNNPACK's one-pass kernels take at most 25
+    taps), and an int8 file of a model with attention keeps attention's
+    ``BATCH_MATMUL`` and ``SOFTMAX`` in float32 (:data:`INT8_FLOAT_OPS`). On an AVX2
+    host: ConvFormer-S18 float32 90 -> 55 ms, int8 231 -> 62; CAFormer-S18 float32
+    76 -> 55, int8 211 -> 63.
 
     Returns:
         The size of the file in bytes.

@@ -141,8 +141,20 @@ def _cpu():
                     flags = set(value.split())
     except OSError:
         pass
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8")
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni")
+    wanted += ("amx_tile", "amx_int8")
     return model, [flag for flag in wanted if flag in flags]
+
+
+# CPU flags on which TensorFlow turns its oneDNN rewrites on by itself (its
+# DefaultOneDnnPolicy: AVX-512 VNNI or BF16, AVX-VNNI, AMX).
+_ONEDNN_BY_DEFAULT = {"avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile"}
+
+
+def _onednn_default(flags):
+    if _ONEDNN_BY_DEFAULT & set(flags):
+        return "oneDNN on by default on this CPU"
+    return "oneDNN off by default on this CPU: no AVX-512 VNNI/BF16, AVX-VNNI or AMX"
 
 
 def _version(package):
@@ -181,7 +193,7 @@ def machine(settings):
             "tensorflow": {
                 "intra_op": settings.threads,
                 "inter_op": settings.inter_op_threads,
-                "TF_ENABLE_ONEDNN_OPTS": _env("TF_ENABLE_ONEDNN_OPTS", "oneDNN on by default"),
+                "TF_ENABLE_ONEDNN_OPTS": _env("TF_ENABLE_ONEDNN_OPTS", _onednn_default(flags)),
             },
             "torch": {
                 "num_threads": settings.threads,
