@@ -1,20 +1,24 @@
-"""Short experiments on what makes the Keras S12's fp32 inference faster on a CPU.
+"""Short experiments on what makes the Keras S12 faster or leaner on a CPU: fp32
+inference, and the training step's speed and peak memory.
 
     python benchmarks/speed_experiments.py threads     # thread pools, oneDNN on/off
     python benchmarks/speed_experiments.py forms       # folding, XLA, MLP as matmul, norm
     python benchmarks/speed_experiments.py profile --form folded_matmul --batch 32
     python benchmarks/speed_experiments.py profile --train   # one AdamW step at batch 32
     python benchmarks/speed_experiments.py profile --saved-model --onednn --batch 1
-    python benchmarks/speed_experiments.py train       # training step: memory and speed
+    python benchmarks/speed_experiments.py train --only library onednn onednn_remat torch
 
-``threads``, ``forms`` and ``train`` alternate their contenders round by round, one worker process
-each, with the benchmark's machinery (``benchmarks/metaformer_bench``); ``profile`` runs
-one form under the TensorFlow profiler and prints where the time goes, by part of the
-block.
+``threads``, ``forms`` and ``train`` alternate their contenders round by round, one
+worker process each, with the benchmark's machinery (``benchmarks/metaformer_bench``);
+``profile`` runs one form (or the exported SavedModel) under the TensorFlow profiler and
+prints where the time goes, by part of the block. ``train`` prints img/s and peak RSS
+of the AdamW step at batch 32; keep to about five contenders a run, as each worker
+holds up to 5 GB.
 
 The alternative forms are experimental code, not the library's: they replace
-``ConvMlp.call`` or ``ModifiedLayerNorm.call`` in the worker process only, before the
-model is built, and each is checked against the library's logits (``max abs diff``).
+``ConvMlp.call``, ``ModifiedLayerNorm.call`` or ``PoolFormerBlock.call`` in the worker
+process only, before the model is built, and each inference form is checked against
+the library's logits (``max abs diff``).
 """
 
 import argparse
