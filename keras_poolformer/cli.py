@@ -451,6 +451,33 @@ def _cosine(a, b):
     )
 
 
+CALIBRATION_IMAGES = 200  # int8 calibration draw from --calibration (TFLite's usual 100-500)
+
+
+def calibration_split(found, check_count, count=CALIBRATION_IMAGES, seed=0):
+    """Splits the images of a ``--calibration`` folder into ``(calibration, checks)``.
+
+    Both are drawn from a seeded shuffle of the whole folder, so a folder sorted by class
+    gives every class its share rather than the first class all of it (the first 200
+    files of ImageNet's val tree are one class). The checks come first in the shuffle and
+    the calibration images after them, so the two do not overlap when the folder holds
+    more than ``check_count`` images; a smaller folder serves as both. The draw depends
+    on the file names and ``seed`` alone, so repeated exports calibrate alike.
+
+    >>> calibration_split([f"{c}/{i}.jpg" for c in "ab" for i in range(3)], 2, count=3)
+    (['b/2.jpg', 'b/1.jpg', 'a/0.jpg'], ['b/0.jpg', 'a/2.jpg'])
+    """
+    import numpy as np
+
+    ordered = sorted(found)
+    if not ordered:
+        return [], []
+    shuffled = [ordered[i] for i in np.random.default_rng(seed).permutation(len(ordered))]
+    checks = shuffled[:check_count]
+    rest = shuffled[check_count:] or shuffled
+    return rest[:count], checks
+
+
 def export(args):
     """Writes the SavedModel, the KerasHub preset, TFLite and ONNX asked for (each on its
     own or together), then checks each against Keras."""
@@ -475,6 +502,16 @@ def export(args):
     _check_images(args.images)
     if args.calibration and not os.path.isdir(args.calibration):
         raise ValueError(f"calibration folder '{args.calibration}' does not exist.")
+    if args.tflite and args.quantize == "int8" and not args.calibration:
+        raise ValueError("--quantize int8 needs --calibration FOLDER (images to calibrate on).")
+    found = []
+    if args.calibration:
+        found = [
+            p for p in glob.glob(os.path.join(args.calibration, "**", "*"), recursive=True)
+            if p.lower().endswith((".jpg", ".jpeg", ".png", ".bmp", ".gif"))
+        ]  # fmt: skip
+        if not found:
+            raise ValueError(f"calibration folder '{args.calibration}' holds no images.")
     limits = kp.imagenet.ImageLimits(  # checked before the model is built
         max_pixels=args.max_pixels,
         max_side=args.max_side,
@@ -484,15 +521,17 @@ def export(args):
     reference = export_lib.logits_model(model)
     deployed = export_lib.fold(reference) if args.fold and deploy else reference
     paths = list(args.images or [])
-    if args.calibration:
-        found = sorted(
-            p for p in glob.glob(os.path.join(args.calibration, "**", "*"), recursive=True)
-            if p.lower().endswith((".jpg", ".jpeg", ".png", ".bmp", ".gif"))
-        )  # fmt: skip
-        paths = paths or found[: args.check_images]
-        calibration = np.stack([kp.load_image(p, size, crop_pct) for p in found[:200]])
-    else:
-        calibration = None
+    calibration = None
+    if found:
+        drawn, checks = calibration_split(found, 0 if paths else args.check_images)
+        paths = paths or checks
+        if args.tflite and args.quantize == "int8":
+            calibration = np.stack([kp.load_image(p, size, crop_pct) for p in drawn])
+            overlap = "" if not set(drawn) & set(paths) else ", overlapping the checks"
+            print(
+                f"int8 calibration: {len(drawn)} of {len(found)} images in "
+                f"{args.calibration} (seeded draw{overlap})"
+            )
     images = np.stack([kp.load_image(p, size, crop_pct) for p in paths]) if paths else None
     keras_logits = reference.predict(images, verbose=0) if images is not None else None
     rows = []
@@ -719,7 +758,10 @@ def build_parser():
     p.add_argument("--version", type=int, default=1)
     p.add_argument("--tflite", help="also write a TFLite file")
     p.add_argument("--quantize", choices=["none", "fp16", "dynamic", "int8"], default="none")
-    p.add_argument("--calibration", help="image folder for int8 calibration (and checks)")
+    p.add_argument(
+        "--calibration",
+        help=f"image folder: int8 calibration ({CALIBRATION_IMAGES} drawn) and held-out checks",
+    )
     p.add_argument("--onnx", help="also write an ONNX file")
     p.add_argument(
         "--no-fold", dest="fold", action="store_false", help="export without inference folding"

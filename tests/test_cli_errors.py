@@ -55,6 +55,8 @@ def test_image_paths_are_checked_before_any_model_is_built(tmp_path, capfd, no_m
         (["gradcam", missing, "--output", str(tmp_path / "out")], "does not exist"),
         (["export", "--saved-model", str(tmp_path / "sm"), "--images", folder], "is a folder"),
         (["export", "--saved-model", str(tmp_path / "sm"), "--calibration", missing], "does not"),
+        (["export", "--saved-model", str(tmp_path / "sm"), "--calibration", folder], "no images"),
+        (["export", "--tflite", str(tmp_path / "m.tflite"), "--quantize", "int8"], "--calibration"),
     ]
     for argv, message in cases:
         assert cli.main(argv) == 2, argv
@@ -226,3 +228,19 @@ def test_the_installed_command_prints_one_line_and_no_traceback(tmp_path):
         extra = [x for x in result.stderr.splitlines() if _without_stamp(x) not in banner]
         assert len(extra) == 1 and message in extra[0], (argv, extra)
         assert extra[0].startswith("keras-poolformer: error: ")
+
+
+def test_calibration_draws_across_classes_and_holds_the_checks_out():
+    # A class-sorted folder (as ImageNet's val tree): the first 200 files are one class.
+    found = [f"n{c:08d}/{i:03d}.jpg" for c in range(10) for i in range(50)]
+    drawn, checks = cli.calibration_split(found[::-1], 16)  # the order found does not matter
+    assert (drawn, checks) == cli.calibration_split(found, 16)
+    assert len(drawn) == cli.CALIBRATION_IMAGES and len(checks) == 16
+    assert not set(drawn) & set(checks)
+    per_class = {c: sum(p.startswith(f"n{c:08d}/") for p in drawn) for c in range(10)}
+    assert min(per_class.values()) >= 10, per_class  # 20 each on average
+    assert cli.calibration_split(found, 16, seed=1) != (drawn, checks)
+    # A folder too small to hold the checks out serves as both; none gives nothing.
+    small_drawn, small_checks = cli.calibration_split(found[:5], 16)
+    assert sorted(small_drawn) == sorted(small_checks) == found[:5]
+    assert cli.calibration_split([], 16) == ([], [])
