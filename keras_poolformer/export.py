@@ -414,7 +414,8 @@ def export_onnx(model, path, opset=17):
 
     The graph is then respelled where onnxruntime fuses a function only in one
     spelling (:mod:`keras_poolformer.onnx_passes`: the exact GELU and the one-group
-    norm, as PyTorch's exporter writes them); the file stays standard ONNX.
+    norm, as PyTorch's exporter writes them), and the pixels' normalisation is folded
+    into the stem's kernel; the file stays standard ONNX.
     """
     import onnx
     import tensorflow as tf

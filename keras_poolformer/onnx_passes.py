@@ -1,8 +1,9 @@
-"""Rewrites of a tf2onnx graph into the forms onnxruntime fuses, each exact.
+"""Rewrites of a tf2onnx graph into the forms onnxruntime runs fastest.
 
-tf2onnx writes our exact GELU and our MetaFormer norm (MLN: one group over height, width
-and channels) op by op. onnxruntime's graph optimiser fuses the same functions into one
-kernel each, but only when they are spelled as PyTorch's exporter spells them:
+tf2onnx writes our exact GELU, our MetaFormer norm (MLN: one group over height, width
+and channels) and the input normalisation op by op. onnxruntime's graph optimiser
+fuses the first two into one kernel each, but only when they are spelled as PyTorch's
+exporter spells them:
 
 - GELU: ``x * 0.5 * (1 + erf(x / sqrt(2)))`` with a *division* by sqrt(2) and scalar
   constants; tf2onnx writes a multiplication by 1 / sqrt(2) and (1, 1, 1, 1) constants,
@@ -14,8 +15,16 @@ kernel each, but only when they are spelled as PyTorch's exporter spells them:
   normalisation over all of a sample's values, which is what PyTorch's ``GroupNorm(1,
   C)`` exports to), and reshaped back.
 
+The third needs no fusion, only algebra:
+
+- The pixels' normalisation: ``(x / 255 - mean) / std``, three passes over the
+  channels-last input, folds into the first convolution's kernel and one per-channel
+  addition after the transpose to channels-first (the PyTorch export takes normalised
+  pixels and has neither).
+
 Each pass matches a pattern node by node, checks the constants' values, rewires, and
 drops the nodes nothing reads any more; whatever does not match stays as it was. The
+first two are exact; the third is exact algebra with float32 rounding aside. The
 result is standard ONNX (opset 17, no vendor ops), so other runtimes still run it.
 """
 
@@ -23,7 +32,13 @@ import collections
 
 import numpy as np
 
-__all__ = ["for_onnxruntime", "fuse_gelu", "fuse_group_norm"]
+__all__ = [
+    "drop_unused_initializers",
+    "fold_input_normalisation",
+    "for_onnxruntime",
+    "fuse_gelu",
+    "fuse_group_norm",
+]
 
 
 class _Graph:
@@ -68,6 +83,14 @@ class _Graph:
             self.graph.initializer.append(numpy_helper.from_array(array, name))
             self.constants[name] = array
         return name
+
+    def set_constant(self, name, array):
+        """Replaces the value of the initializer ``name``."""
+        from onnx import numpy_helper
+
+        initializer = next(i for i in self.graph.initializer if i.name == name)
+        initializer.CopyFrom(numpy_helper.from_array(array, name))
+        self.constants[name] = array
 
     def commit(self, removed=()):
         """Writes the node list back in its (still topological) order, less ``removed``."""
@@ -202,6 +225,108 @@ def fuse_group_norm(model):
     return count
 
 
+def _per_channel_affine(g, node, x, channels):
+    """``(scale, shift)`` when ``node`` computes ``x * scale + shift`` with one constant
+    (a scalar or ``channels`` values) as its other input, else None."""
+    if node.op_type not in ("Mul", "Div", "Add", "Sub") or len(node.input) != 2:
+        return None
+    other = _other(node, x)
+    value = g.constants.get(other)
+    if value is None or value.size not in (1, channels) or value.ndim > 1:
+        return None
+    value = np.broadcast_to(value.astype(np.float64).ravel(), (channels,))
+    ones, zeros = np.ones(channels), np.zeros(channels)
+    if node.op_type == "Mul":
+        return value, zeros
+    if node.op_type == "Add":
+        return ones, value
+    if node.op_type == "Div":
+        return (1.0 / value, zeros) if other == node.input[1] else None
+    return (ones, -value) if other == node.input[1] else (-ones, value)  # Sub
+
+
+def fold_input_normalisation(model):
+    """Folds the per-channel normalisation of the pixels into the first convolution.
+
+    tf2onnx writes ``(x / 255 - mean) / std`` as three element-wise passes over the
+    channels-last input (onnxruntime's broadcast over a last axis of 3 is its slow
+    path: about 3% of S12's run at batch 32), then transposes to channels-first for
+    the stem. With ``y = a * x + b`` per channel, ``a = 1 / (255 std)``,
+    ``b = -mean / std``, and the stem's zero padding: ``conv_W(pad(y)) =
+    conv_{W a}(pad(x + b / a))`` (a padded zero of ``x + b / a`` is a padded zero of
+    ``y``, divided by ``a``). So the rewrite transposes the raw pixels, adds ``b / a``
+    per channel (one pass, channels-first) and scales the kernel's input channels by
+    ``a``: exact algebra, float32 rounding aside. In place; returns 1 when it folded.
+    """
+    from onnx import helper
+
+    g = _Graph(model.graph)
+    inputs = {i.name for i in model.graph.input} - set(g.constants)
+    for conv in [node for node in g.nodes if node.op_type == "Conv"]:
+        attributes = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+        kernel = g.constants.get(conv.input[1]) if len(conv.input) > 1 else None
+        transpose = g.made_by(conv.input[0], "Transpose")
+        if kernel is None or attributes.get("group", 1) != 1 or transpose is None:
+            continue
+        if attributes.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            continue
+        perm = [list(a.ints) for a in transpose.attribute if a.name == "perm"]
+        if perm != [[0, 3, 1, 2]]:
+            continue
+        if (
+            g.only_reader(transpose.output[0]) is not conv
+            or g.only_reader(conv.input[1]) is not conv
+        ):
+            continue
+        channels = kernel.shape[1]
+        scale, shift = np.ones(channels), np.zeros(channels)
+        chain, name = [], transpose.input[0]
+        while name not in inputs:
+            node = g.producer.get(name)
+            x = next((i for i in node.input if i not in g.constants), None) if node else None
+            affine = _per_channel_affine(g, node, x, channels) if x else None
+            if affine is None or g.only_reader(name) is not (chain[-1] if chain else transpose):
+                break
+            a, b = affine  # y = a * x + b, and the chain so far maps y to scale * y + shift
+            scale, shift = scale * a, scale * b + shift
+            chain.append(node)
+            name = x
+        if not chain or name not in inputs or not np.all(scale != 0):
+            continue
+        folded_kernel = kernel.astype(np.float64) * scale[None, :, None, None]
+        g.set_constant(conv.input[1], folded_kernel.astype(kernel.dtype))
+        del transpose.input[:]
+        transpose.input.append(name)
+        offset = (shift / scale).astype(np.float32).reshape(1, channels, 1, 1)
+        shifted = transpose.output[0] + "_shifted"
+        add = helper.make_node(
+            "Add", [transpose.output[0], g.add_constant("input_shift", offset)], [shifted]
+        )
+        conv.input[0] = shifted
+        g.nodes.insert(g.nodes.index(conv), add)
+        g.commit(chain)
+        return 1
+    return 0
+
+
+def drop_unused_initializers(model):
+    """Removes the constants no node reads any more (the rewrites leave the old ones
+    behind, which onnxruntime warns about at every load). In place; returns how many."""
+    read = {name for node in model.graph.node for name in node.input}
+    read |= {i.name for i in model.graph.input} | {o.name for o in model.graph.output}
+    unused = [i for i in model.graph.initializer if i.name not in read]
+    for initializer in unused:
+        model.graph.initializer.remove(initializer)
+    return len(unused)
+
+
 def for_onnxruntime(model):
-    """Both rewrites; returns ``{"gelu": n, "group_norm": m}``, how many of each."""
-    return {"gelu": fuse_gelu(model), "group_norm": fuse_group_norm(model)}
+    """The three rewrites, then the constants they freed; returns ``{"gelu": n,
+    "group_norm": m, "input_norm": k}``, how many of each."""
+    counts = {
+        "gelu": fuse_gelu(model),
+        "group_norm": fuse_group_norm(model),
+        "input_norm": fold_input_normalisation(model),
+    }
+    drop_unused_initializers(model)
+    return counts

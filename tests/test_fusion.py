@@ -5,9 +5,10 @@ fuses into one ``_FusedMatMul`` (``GeluExact``) when ``TF_ENABLE_ONEDNN_OPTS`` i
 inside ``mlp_as_convs()`` (the exporters) it traces as its 1x1 convs; both compute the
 same function. onnxruntime: our ONNX export's GELU and norms become ``Gelu`` and
 ``InstanceNormalization`` kernels in onnxruntime's optimised graph, as the PyTorch
-reference's do. A change that breaks a pattern fails here, not only in the benchmark. Training: the
-GELU's and MLN's gradients, written out so that the backward pass keeps less, equal
-autodiff's and TensorFlow's own GELU gradient.
+reference's do, and the pixels' normalisation folds into the stem. A change that
+breaks a pattern fails here, not only in the benchmark. Training: the GELU's and MLN's
+gradients, written out so that the backward pass keeps less, equal autodiff's and
+TensorFlow's own GELU gradient.
 """
 
 import collections
@@ -114,6 +115,16 @@ def test_onnx_export_becomes_fused_kernels_in_onnxruntime(tiny, pixels, tmp_path
     assert written["Erf"] == sum(DEPTHS) and written["Div"] == sum(DEPTHS)
     assert not {"Reciprocal", "Sqrt"} & set(written)
     assert written["GlobalAveragePool"] == 1  # the head's pooling; no norm's means left
+    graph = onnx.load(path).graph
+    # The pixels' normalisation is folded: the input goes straight to the stem's
+    # transpose, one per-channel addition, then the stem's conv.
+    readers = [node for node in graph.node if "images" in node.input]
+    assert [node.op_type for node in readers] == ["Transpose"], readers
+    after = [node for node in graph.node if readers[0].output[0] in node.input]
+    assert [node.op_type for node in after] == ["Add"]
+    assert [n.op_type for n in graph.node if after[0].output[0] in n.input] == ["Conv"]
+    read = {name for node in graph.node for name in node.input}
+    assert all(i.name in read for i in graph.initializer)  # none left behind
 
     options = onnxruntime.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
@@ -125,6 +136,71 @@ def test_onnx_export_becomes_fused_kernels_in_onnxruntime(tiny, pixels, tmp_path
     assert optimised["Gelu"] == sum(DEPTHS) and optimised["Erf"] == 0, optimised
     logits = session.run(None, {"images": pixels})[0]
     np.testing.assert_allclose(logits, export.logits_model(tiny)(pixels).numpy(), atol=1e-4)
+
+
+def _normalising_stem(group=1, shared_transpose=False):
+    """A hand-made ONNX graph as tf2onnx writes our input: ``(x / 255 - mean) / std``
+    channels-last (a scalar Mul, a Sub and a Div per channel), then a transpose and a
+    zero-padded stride-4 conv."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    constants = {
+        "inv255": np.array(1 / 255, np.float32),
+        "mean": np.array([0.485, 0.456, 0.406], np.float32),
+        "std": np.array([0.229, 0.224, 0.225], np.float32),
+        "kernel": rng.normal(0, 0.1, (6, 3 // group, 7, 7)).astype(np.float32),
+        "bias": rng.normal(0, 0.1, (6,)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Mul", ["images", "inv255"], ["scaled"]),
+        helper.make_node("Sub", ["scaled", "mean"], ["centred"]),
+        helper.make_node("Div", ["centred", "std"], ["normed"]),
+        helper.make_node("Transpose", ["normed"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node(
+            "Conv", ["nchw", "kernel", "bias"], ["out"], strides=[4, 4], pads=[2, 2, 2, 2],
+            kernel_shape=[7, 7], group=group,
+        ),
+    ]  # fmt: skip
+    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 6, 8, 8])]
+    if shared_transpose:  # the transposed input is read twice: no fold
+        nodes.append(helper.make_node("Relu", ["nchw"], ["also"]))
+        outputs.append(helper.make_tensor_value_info("also", TensorProto.FLOAT, [None, 3, 32, 32]))
+    graph = helper.make_graph(
+        nodes,
+        "stem",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [None, 32, 32, 3])],
+        outputs,
+        [numpy_helper.from_array(value, name) for name, value in constants.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_the_input_normalisation_folds_into_the_stem_on_onnxruntime():
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from keras_poolformer import onnx_passes
+
+    def run(model, pixels):
+        session = onnxruntime.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        return session.run(None, {"images": pixels})
+
+    pixels = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3)).astype(np.float32)
+    original = _normalising_stem()
+    model = _normalising_stem()
+    assert onnx_passes.fold_input_normalisation(model) == 1
+    assert onnx_passes.drop_unused_initializers(model) == 3  # 1 / 255, mean, std
+    onnx.checker.check_model(model)
+    assert [node.op_type for node in model.graph.node] == ["Transpose", "Add", "Conv"]
+    expected, folded = run(original, pixels)[0], run(model, pixels)[0]
+    assert np.abs(expected).max() > 1.0  # the borders, where the padding matters, included
+    np.testing.assert_allclose(folded, expected, rtol=1e-5, atol=1e-5)
+    for untouched in (_normalising_stem(group=3), _normalising_stem(shared_transpose=True)):
+        ops = [node.op_type for node in untouched.graph.node]
+        assert onnx_passes.fold_input_normalisation(untouched) == 0
+        assert [node.op_type for node in untouched.graph.node] == ops
 
 
 # --- Training: the gradients written out ------------------------------------------------
