@@ -506,9 +506,11 @@ def export(args):
         raise ValueError("--quantize int8 needs --calibration FOLDER (images to calibrate on).")
     found = []
     if args.calibration:
+        from keras_poolformer.training.data import IMAGE_SUFFIXES
+
         found = [
             p for p in glob.glob(os.path.join(args.calibration, "**", "*"), recursive=True)
-            if p.lower().endswith((".jpg", ".jpeg", ".png", ".bmp", ".gif"))
+            if p.lower().endswith(IMAGE_SUFFIXES)
         ]  # fmt: skip
         if not found:
             raise ValueError(f"calibration folder '{args.calibration}' holds no images.")

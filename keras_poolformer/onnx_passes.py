@@ -312,7 +312,19 @@ def fold_input_normalisation(model):
 def drop_unused_initializers(model):
     """Removes the constants no node reads any more (the rewrites leave the old ones
     behind, which onnxruntime warns about at every load). In place; returns how many."""
-    read = {name for node in model.graph.node for name in node.input}
+    from onnx import AttributeProto
+
+    def reads(graph):  # a subgraph (If, Loop, Scan) may read an outer constant by name
+        for node in graph.node:
+            yield from node.input
+            for attribute in node.attribute:
+                if attribute.type == AttributeProto.GRAPH:
+                    yield from reads(attribute.g)
+                elif attribute.type == AttributeProto.GRAPHS:
+                    for subgraph in attribute.graphs:
+                        yield from reads(subgraph)
+
+    read = set(reads(model.graph))
     read |= {i.name for i in model.graph.input} | {o.name for o in model.graph.output}
     unused = [i for i in model.graph.initializer if i.name not in read]
     for initializer in unused:

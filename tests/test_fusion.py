@@ -203,6 +203,28 @@ def test_the_input_normalisation_folds_into_the_stem_on_onnxruntime():
         assert [node.op_type for node in untouched.graph.node] == ops
 
 
+def test_dropping_unused_constants_keeps_those_a_subgraph_reads():
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from keras_poolformer import onnx_passes
+
+    def branch(name):  # reads the outer constant "c" by name, as If/Loop bodies may
+        out = helper.make_tensor_value_info(name, TensorProto.FLOAT, [1])
+        return helper.make_graph([helper.make_node("Identity", ["c"], [name])], name, [], [out])
+
+    graph = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["y"], then_branch=branch("t"), else_branch=branch("e"))],
+        "g",
+        [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        [numpy_helper.from_array(np.ones(1, np.float32), n) for n in ("c", "unused")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert onnx_passes.drop_unused_initializers(model) == 1
+    assert [i.name for i in model.graph.initializer] == ["c"]
+
+
 # --- Training: the gradients written out ------------------------------------------------
 
 
